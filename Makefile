@@ -1,0 +1,33 @@
+# Set-up and entry points. `make demo` and `make test` each create .venv if missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
+export MPLBACKEND ?= Agg
+
+.PHONY: install demo test test-all lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m ipykernel install --user --name mscpk --display-name "mscpk" >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m mscpk.demo --out demo_output
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow"
+
+lint: $(STAMP)
+	$(PY) -m ruff check mscpk tests
+
+clean:
+	rm -rf $(VENV) .jax_cache demo_output .pytest_cache

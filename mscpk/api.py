@@ -1,0 +1,136 @@
+"""The one obvious entry point: :func:`simulate`."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+from ._validation import check_positive
+from .dosing.regimen import Regimen
+from .model.model import Model
+from .model.parameters import KineticParameters
+from .physiology.species import Species, species as make_species
+from .product.cell_product import CellProduct, cell_product
+from .results import SimulationResult
+from .solve.segments import SolverConfig, solve
+
+
+class SolveError(RuntimeError):
+    """An ODE solve failed (e.g. it exceeded ``max_steps``); no result is returned."""
+
+
+_solve_jit = eqx.filter_jit(solve)
+
+
+def default_times(t_end_h: float, n: int = 241) -> np.ndarray:
+    """Output grid: log-spaced early (so the first minutes are resolved) plus key times."""
+    early = np.geomspace(1.0 / 60.0, t_end_h, n - 1)
+    key = [0.0, 0.25, 1.0, 4.0, 24.0, 48.0, 72.0, 96.0, 168.0]
+    return np.unique(np.concatenate([[0.0], early, [k for k in key if k <= t_end_h], [t_end_h]]))
+
+
+def build_model(
+    species="mouse", product="bm_msc", parameters=None, n_size_classes: int = 5
+) -> Model:
+    """Assemble a :class:`~mscpk.model.Model` from names or objects.
+
+    ``parameters`` may be ``None`` (shipped defaults), a
+    :class:`~mscpk.model.KineticParameters`, or a dict of changes to the defaults.
+    """
+    if isinstance(species, str):
+        species = make_species(species)
+    elif not isinstance(species, Species):
+        raise TypeError(f"species: expected a name or a Species, got {type(species).__name__}")
+    if isinstance(product, str):
+        product = cell_product(product)
+    elif not isinstance(product, CellProduct):
+        raise TypeError(f"product: expected a preset name or a CellProduct, got {type(product).__name__}")
+    if parameters is None:
+        parameters = KineticParameters.default()
+    elif isinstance(parameters, dict):
+        parameters = KineticParameters.default().replace(**parameters)
+    elif not isinstance(parameters, KineticParameters):
+        raise TypeError(
+            f"parameters: expected None, a dict or KineticParameters, got {type(parameters).__name__}"
+        )
+    return Model(species, product, parameters, n_size_classes)
+
+
+def simulate(
+    species: str | Species = "mouse",
+    product: str | CellProduct = "bm_msc",
+    regimen: Regimen | None = None,
+    *,
+    cells: float | None = None,
+    route: str = "iv",
+    infusion_h: float | None = None,
+    t_end_h: float = 72.0,
+    times_h=None,
+    parameters=None,
+    solver: SolverConfig | None = None,
+    n_size_classes: int = 5,
+) -> SimulationResult:
+    """Simulate a cell product given to a species and return a :class:`SimulationResult`.
+
+    **Arguments:**
+
+    - ``species``: ``"mouse"``, ``"rat"``, ``"human"`` or a :class:`~mscpk.Species`.
+    - ``product``: a preset name (:func:`mscpk.product.presets`) or a
+      :class:`~mscpk.CellProduct`.
+    - ``regimen``: a :class:`~mscpk.Regimen`; or instead give ``cells`` (with ``route`` and
+      optionally ``infusion_h``) for a single dose at time 0.
+    - ``t_end_h``: end of the simulation (h, > 0).
+    - ``times_h``: output times (h) in ``[0, t_end_h]``; default a log-spaced grid.
+    - ``parameters``: ``None`` (defaults), a dict of changes, or ``KineticParameters``.
+    - ``solver``: a :class:`~mscpk.SolverConfig`.
+    - ``n_size_classes``: diameter classes resolving the product's size distribution.
+
+    Raises ``ValueError``/``TypeError`` on bad input and :class:`SolveError` if a solve fails.
+    """
+    if isinstance(t_end_h, bool) or not isinstance(t_end_h, int | float | np.floating | np.integer):
+        raise TypeError(f"t_end_h: expected a number of hours, got {type(t_end_h).__name__}")
+    check_positive("t_end_h", t_end_h)
+    t_end_h = float(t_end_h)
+    if regimen is None:
+        if cells is None:
+            raise ValueError("cells: give either a regimen or the number of cells for a single dose")
+        regimen = (
+            Regimen.bolus(cells, route=route)
+            if infusion_h is None
+            else Regimen.infusion(cells, infusion_h, route=route)
+        )
+    elif cells is not None or infusion_h is not None:
+        raise ValueError("regimen: give either a regimen or cells/infusion_h, not both")
+    elif not isinstance(regimen, Regimen):
+        raise TypeError(f"regimen: expected a Regimen, got {type(regimen).__name__}")
+    regimen.check_horizon(t_end_h)
+    times = default_times(t_end_h) if times_h is None else _check_times(times_h, t_end_h)
+    model = build_model(species, product, parameters, n_size_classes)
+    solver = SolverConfig() if solver is None else solver
+    sol = _solve_jit(model, regimen.table(), jnp.asarray(times), t_end_h, solver)
+    if not bool(sol.success):
+        raise SolveError(
+            f"the ODE solve failed (solver={solver.solver}, rtol={solver.rtol}, max_steps={solver.max_steps}); "
+            "try a larger max_steps or the kvaerno5 solver"
+        )
+    return SimulationResult(
+        model=model,
+        regimen=regimen,
+        times_h=np.asarray(sol.ts),
+        states=np.asarray(sol.ys),
+        blood_input=np.asarray(sol.blood_input),
+        t_end_h=t_end_h,
+        n_steps=int(sol.n_steps),
+    )
+
+
+def _check_times(times_h, t_end_h: float) -> np.ndarray:
+    times = np.asarray(times_h, dtype=float)
+    if times.ndim != 1 or times.size == 0:
+        raise ValueError(f"times_h: expected a non-empty 1-D sequence of hours, got shape {times.shape}")
+    if not np.all(np.isfinite(times)):
+        raise ValueError("times_h: must be finite")
+    if np.any(times < 0) or np.any(times > t_end_h):
+        raise ValueError(f"times_h: every time must lie in [0, t_end_h={t_end_h:g}] h, got {times.min():g}..{times.max():g}")
+    return np.unique(times)

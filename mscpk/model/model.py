@@ -1,0 +1,282 @@
+r"""The whole-body cell-kinetics model: one flat state, one vectorised right-hand side.
+
+For each diameter class :math:`s`, arrested viable cells :math:`V_s` (a vector over
+organs) and the label they carry :math:`L^V_s` obey
+
+.. math::
+
+    \dot V_s = (M_s - I)(k_r \odot V_s) - k_d \odot V_s + \varphi_s\, u_s, \qquad
+    \dot L^V_s = (M^L_s - I)(k_r \odot L^V_s) - (k_d + k_\ell) \odot L^V_s + \varphi^L_s\, u_s,
+
+where :math:`k_r` are release rates, :math:`M_s` redistributes released cells through
+the quasi-steady circulation (:mod:`mscpk.model.transport`), :math:`k_d` are death rates,
+:math:`k_\ell` label leakage and :math:`u_s` the infusion of class-:math:`s` cells into
+blood. Dead cells :math:`D` (per compartment, blood included) are cleared at :math:`k_c`:
+their count goes to ``cells_cleared``, their DNA to the residual pool :math:`R` and their
+label to :math:`L^R` (blood-borne debris into liver and spleen); :math:`R` degrades at
+:math:`k_{dna}` and :math:`L^R` elutes at :math:`k_{LR}`. Every flow leaves one pool and
+enters another or a cumulative counter, so cells, donor DNA and label are each conserved
+exactly (:meth:`Model.totals`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ..physiology.species import Species
+from ..product.cell_product import CellProduct
+from .layout import BLOOD, N_BLOOD, N_COMPARTMENTS, ORGANS, State, pack, state_size, unpack
+from .parameters import KineticParameters
+from .transport import Circulation, circulation, first_pass_extraction, size_extraction
+
+_LIVER = ORGANS.index("liver")
+_SPLEEN = ORGANS.index("spleen")
+_PORTAL = jnp.array([o in ("gut", "spleen") for o in ORGANS], dtype=float)
+
+
+class Observed(NamedTuple):
+    """What assays look at: per-compartment pools with quasi-steady blood filled in."""
+
+    viable: Float[Array, "... C"]
+    label_viable: Float[Array, "... C"]
+    dead: Float[Array, "... C"]
+    dna_residual: Float[Array, "... C"]
+    label_dead: Float[Array, "... C"]
+    label_residual: Float[Array, "... C"]
+    label_eliminated: Float[Array, "..."]
+
+
+class Transport(NamedTuple):
+    """Everything the right-hand side needs that does not depend on the state."""
+
+    cells: Circulation
+    label: Circulation
+    label_dead_share: Float[Array, ""]
+
+
+class Model(eqx.Module):
+    """Species + product + kinetic parameters, and the ODE they define.
+
+    **Arguments:**
+
+    - ``species``: a :class:`~mscpk.Species`.
+    - ``product``: a :class:`~mscpk.CellProduct`.
+    - ``parameters``: :class:`~mscpk.KineticParameters` for the reference mouse;
+      allometric scaling to ``species`` is applied here.
+    - ``n_size_classes``: diameter classes resolving the product's size distribution
+      (static; default 5).
+    """
+
+    species: Species
+    product: CellProduct
+    parameters: KineticParameters
+    n_size_classes: int = eqx.field(static=True, default=5)
+
+    def __check_init__(self):
+        if not isinstance(self.n_size_classes, int) or self.n_size_classes < 1:
+            raise ValueError(f"n_size_classes: must be an int >= 1, got {self.n_size_classes!r}")
+
+    # ----------------------------------------------------------------- structure
+    @property
+    def n_states(self) -> int:
+        return state_size(self.n_size_classes)
+
+    @property
+    def rates(self) -> KineticParameters:
+        """Parameters scaled to this species' body weight."""
+        return self.parameters.scaled_to(self.species.body_weight_g)
+
+    def size_classes(self) -> tuple[Float[Array, " S"], Float[Array, " S"]]:
+        return self.product.size_classes(self.n_size_classes)
+
+    def extraction(self) -> Float[Array, "S O"]:
+        """Per-pass arrest probability for each diameter class and organ."""
+        p = self.parameters
+        diameters, _ = self.size_classes()
+        size_part = size_extraction(
+            diameters, self.species.capillary_diameter_um, p.critical_diameter_ratio, p.arrest_steepness
+        )
+        return first_pass_extraction(size_part, p.adhesion_extraction)
+
+    def transport(self) -> Transport:
+        """State-independent transport quantities (computed once per solve)."""
+        r = self.rates
+        extraction = self.extraction()
+        rate = self.species.cardiac_output_ml_per_h / self.species.blood_volume_ml
+        supply = self.species.arterial_supply_fraction
+        cells = circulation(extraction, supply, rate, r.blood_death_rate_per_h)
+        label_loss = r.blood_death_rate_per_h + r.label_leak_rate_per_h
+        label = circulation(extraction, supply, rate, label_loss)
+        share = jnp.where(label_loss > 0, r.blood_death_rate_per_h / jnp.where(label_loss > 0, label_loss, 1.0), 1.0)
+        return Transport(cells, label, share)
+
+    def blood_residence_h(self) -> Float[Array, " S"]:
+        """Mean time (h) a viable cell of each diameter class spends in blood per entry.
+
+        The quasi-steady circulation is accurate for times well beyond this.
+        """
+        c = self.transport().cells
+        return 1.0 / (c.out_rate + self.rates.blood_death_rate_per_h)
+
+    def _clearance(self):
+        r = self.rates
+        n_org = len(ORGANS)
+        death = r.death_rate_per_h
+        clear = jnp.concatenate(
+            [jnp.reshape(r.blood_debris_clearance_rate_per_h, (1,)), jnp.ones(n_org) * r.debris_clearance_rate_per_h]
+        )
+        # Where cleared debris (its DNA and label) ends up: organs keep their own;
+        # blood-borne debris goes to liver and spleen.
+        f = r.blood_debris_to_liver_fraction
+        blood_col = jnp.zeros(N_COMPARTMENTS).at[N_BLOOD + _LIVER].set(f).at[N_BLOOD + _SPLEEN].add(1.0 - f)
+        dest = jnp.eye(N_COMPARTMENTS).at[:, BLOOD].set(blood_col)
+        return death, clear, dest
+
+    # ----------------------------------------------------------------- dynamics
+    def vector_field(self, t, y: Float[Array, " n"], input_rate: Float[Array, " n"]) -> Float[Array, " n"]:
+        """Right-hand side ``dy/dt`` (cells/h); ``input_rate`` is the infusion input."""
+        del t
+        return self.vector_field_from(self.transport(), y) + input_rate
+
+    def vector_field_from(self, tr: Transport, y: Float[Array, " n"]) -> Float[Array, " n"]:
+        """Right-hand side given precomputed :meth:`transport` (reused across steps)."""
+        x = unpack(y, self.n_size_classes)
+        r = self.rates
+        death, clear, dest = self._clearance()
+        leak = r.label_leak_rate_per_h
+        released = r.release_rate_per_h[None, :] * x.viable  # (S, O)
+        released_l = r.release_rate_per_h[None, :] * x.label_viable
+        label_lost = jnp.sum(tr.label.release_dead * released_l)
+        died_in_blood = jnp.sum(tr.cells.release_dead * released)
+        organ_death = death * x.viable.sum(0)
+        organ_label_death = death * x.label_viable.sum(0)
+        dead_in = jnp.concatenate([jnp.reshape(died_in_blood, (1,)), organ_death])
+        label_dead_in = jnp.concatenate([jnp.reshape(label_lost * tr.label_dead_share, (1,)), organ_label_death])
+        cleared = clear * x.dead
+        label_cleared = clear * x.label_dead
+        dx = State(
+            viable=jnp.einsum("sij,sj->si", tr.cells.release, released) - released - death[None, :] * x.viable,
+            label_viable=jnp.einsum("sij,sj->si", tr.label.release, released_l)
+            - released_l
+            - (death + leak)[None, :] * x.label_viable,
+            dead=dead_in - cleared,
+            dna_residual=dest @ cleared - r.dna_degradation_rate_per_h * x.dna_residual,
+            label_dead=label_dead_in - label_cleared - leak * x.label_dead,
+            label_residual=dest @ label_cleared - r.label_residual_loss_rate_per_h * x.label_residual,
+            cells_cleared=cleared.sum(),
+            dna_degraded=r.dna_degradation_rate_per_h * x.dna_residual.sum(),
+            label_eliminated=leak * (x.label_viable.sum() + x.label_dead.sum())
+            + r.label_residual_loss_rate_per_h * x.label_residual.sum()
+            + label_lost * (1.0 - tr.label_dead_share),
+        )
+        return pack(dx)
+
+    def linear_matrix(self) -> Float[Array, "n n"]:
+        """The system matrix ``A`` with ``dy/dt = A y`` (the core model is linear)."""
+        tr = self.transport()
+        return jax.jacfwd(lambda y: self.vector_field_from(tr, y))(jnp.zeros(self.n_states))
+
+    # ----------------------------------------------------------------- doses
+    def _arrival(self, fates: Circulation, extraction, entry):
+        """Eventual organ ``(S, O)`` and blood-loss ``(S,)`` of cells entering at ``entry``.
+
+        ``entry`` is a distribution over compartments: ``blood`` means venous blood;
+        an organ means delivery into that organ's arterial inlet (its microvessels are
+        met first, then its outflow).
+        """
+        inlet = entry[N_BLOOD:]  # (O,)
+        e = extraction  # (S, O)
+        direct = inlet[None, :] * e  # arrested in the entered organ
+        escaped = inlet[None, :] * (1.0 - e)  # (S, O) leaving the entered organ
+        via_portal = jnp.sum(escaped * _PORTAL[None, :], axis=1)  # reaching the liver inlet
+        e_liver = e[:, _LIVER]
+        direct = direct.at[:, _LIVER].add(via_portal * e_liver)
+        to_pool = entry[BLOOD] + jnp.sum(escaped * (1.0 - _PORTAL[None, :]), axis=1) + via_portal * (1.0 - e_liver)
+        return direct + to_pool[:, None] * fates.pool, to_pool * fates.pool_dead, to_pool
+
+    def dose_vector(self, entry_distribution: Float[Array, " C"]) -> Float[Array, " n"]:
+        """State increment per administered cell entering with ``entry_distribution``.
+
+        Viable cells split over diameter classes by quadrature weight and are placed at
+        their quasi-steady fate; the non-viable fraction enters as dead cells (in blood
+        for intravascular entry). Each cell carries one unit of label and of DNA.
+        """
+        _, weights = self.size_classes()
+        v = self.product.viability
+        tr = self.transport()
+        e = self.extraction()
+        organs, blood_dead, _ = self._arrival(tr.cells, e, entry_distribution)
+        organs_l, blood_lost_l, _ = self._arrival(tr.label, e, entry_distribution)
+        w = v * weights  # (S,)
+        viable = w[:, None] * organs
+        label_viable = w[:, None] * organs_l
+        dead = (1.0 - v) * entry_distribution + jnp.zeros(N_COMPARTMENTS).at[BLOOD].set(jnp.sum(w * blood_dead))
+        lost_l = jnp.sum(w * blood_lost_l)
+        label_dead = (1.0 - v) * entry_distribution + jnp.zeros(N_COMPARTMENTS).at[BLOOD].set(
+            lost_l * tr.label_dead_share
+        )
+        zero_c = jnp.zeros(N_COMPARTMENTS)
+        return pack(
+            State(
+                viable,
+                label_viable,
+                dead,
+                zero_c,
+                label_dead,
+                zero_c,
+                jnp.zeros(()),
+                jnp.zeros(()),
+                lost_l * (1.0 - tr.label_dead_share),
+            )
+        )
+
+    def blood_input_per_cell(self, entry_distribution: Float[Array, " C"]) -> Float[Array, " S"]:
+        """Viable cells per administered cell that reach venous blood, per class."""
+        _, weights = self.size_classes()
+        _, _, to_pool = self._arrival(self.transport().cells, self.extraction(), entry_distribution)
+        return self.product.viability * weights * to_pool
+
+    # ----------------------------------------------------------------- observation
+    def observe(self, y: Float[Array, "... n"], blood_input: Float[Array, "... S"]) -> Observed:
+        """Per-compartment pools, with quasi-steady circulating viable cells in ``blood``.
+
+        ``blood_input`` is the rate (cells/h) of administered viable cells entering venous
+        blood at the same times (non-zero during infusions).
+        """
+        x = unpack_batch(y, self.n_size_classes)
+        tr = self.transport()
+        r = self.rates
+        released = r.release_rate_per_h * x.viable  # (..., S, O)
+        released_l = r.release_rate_per_h * x.label_viable
+        into_blood = blood_input + jnp.sum(tr.cells.release_to_pool * released, -1)  # (..., S)
+        into_blood_l = blood_input + jnp.sum(tr.label.release_to_pool * released_l, -1)
+        blood = jnp.sum(into_blood / (tr.cells.out_rate + r.blood_death_rate_per_h), -1)
+        blood_l = jnp.sum(into_blood_l / (tr.label.out_rate + r.blood_death_rate_per_h + r.label_leak_rate_per_h), -1)
+        viable = jnp.concatenate([blood[..., None], x.viable.sum(-2)], -1)
+        label_viable = jnp.concatenate([blood_l[..., None], x.label_viable.sum(-2)], -1)
+        return Observed(
+            viable, label_viable, x.dead, x.dna_residual, x.label_dead, x.label_residual, x.label_eliminated
+        )
+
+    # ----------------------------------------------------------------- invariants
+    def totals(self, y: Float[Array, "... n"]) -> dict[str, Float[Array, "..."]]:
+        """Conserved totals of a state (or batch of states): cells, DNA, label."""
+        x = unpack_batch(y, self.n_size_classes)
+        cells = x.viable.sum((-1, -2)) + x.dead.sum(-1) + x.cells_cleared
+        dna = x.viable.sum((-1, -2)) + x.dead.sum(-1) + x.dna_residual.sum(-1) + x.dna_degraded
+        label = x.label_viable.sum((-1, -2)) + x.label_dead.sum(-1) + x.label_residual.sum(-1) + x.label_eliminated
+        return {"cells": cells, "dna": dna, "label": label}
+
+
+def unpack_batch(y: Float[Array, "... n"], n_size_classes: int) -> State:
+    """:func:`~mscpk.model.layout.unpack` over leading batch dimensions."""
+    if y.ndim == 1:
+        return unpack(y, n_size_classes)
+    flat = y.reshape(-1, y.shape[-1])
+    parts = jax.vmap(lambda v: unpack(v, n_size_classes))(flat)
+    return jax.tree_util.tree_map(lambda a: a.reshape(y.shape[:-1] + a.shape[1:]), parts)

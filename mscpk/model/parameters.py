@@ -1,0 +1,165 @@
+"""Calibratable kinetic parameters of the core model, with documented defaults.
+
+Every default is a row of ``model/data/kinetic_defaults.csv`` with its basis: a
+literature value (V: read in the source; I: derived by arithmetic from read values, the
+arithmetic given) or an assumption with its reasoning (A). Rates are for the reference
+species (25 g mouse); :meth:`KineticParameters.scaled_to` applies allometric scaling to
+the clearance-type rates listed in :data:`ALLOMETRIC_RATES`.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from jaxtyping import Array, Float
+
+from .._validation import check_positive, check_range
+from .layout import N_ORGANS, ORGANS
+
+#: Parameters with one value per organ (in ORGANS order); all others are scalars.
+PER_ORGAN: tuple[str, ...] = (
+    "adhesion_extraction",
+    "release_rate_per_h",
+    "death_rate_per_h",
+)
+#: Fractions (must lie in [0, 1]); all other parameters must be > 0 (rates may be 0).
+FRACTIONS: tuple[str, ...] = ("adhesion_extraction", "blood_debris_to_liver_fraction")
+#: Rates that may be exactly 0 (a process switched off).
+MAY_BE_ZERO: tuple[str, ...] = (
+    "release_rate_per_h",
+    "death_rate_per_h",
+    "blood_death_rate_per_h",
+    "label_leak_rate_per_h",
+    "label_residual_loss_rate_per_h",
+    "dna_degradation_rate_per_h",
+)
+#: Clearance-type rates that scale with body weight**-1/4 from the reference mouse.
+#: Cell-intrinsic rates (death, release) are not scaled (assumption: a cell's survival
+#: programme does not depend on the host's body size).
+ALLOMETRIC_RATES: tuple[str, ...] = (
+    "debris_clearance_rate_per_h",
+    "blood_debris_clearance_rate_per_h",
+    "dna_degradation_rate_per_h",
+    "label_residual_loss_rate_per_h",
+)
+
+
+class KineticParameters(eqx.Module):
+    """Rate constants and arrest parameters (units: hours, µm, dimensionless fractions).
+
+    **Arguments:**
+
+    - ``critical_diameter_ratio``: cell diameter, in capillary diameters, at which half
+      of the cells are arrested on one pass (see :mod:`mscpk.model.transport`).
+    - ``arrest_steepness``: steepness (Hill exponent) of size-dependent arrest.
+    - ``adhesion_extraction``: size-independent capture per pass, per organ.
+    - ``release_rate_per_h``: release of arrested viable cells back into blood, per organ.
+    - ``death_rate_per_h``: death of arrested viable cells, per organ.
+    - ``blood_death_rate_per_h``: death of circulating viable cells.
+    - ``debris_clearance_rate_per_h``: engulfment/clearance of dead cells in tissue.
+    - ``blood_debris_clearance_rate_per_h``: clearance of dead cells from blood.
+    - ``blood_debris_to_liver_fraction``: share of blood-borne debris taken up by the
+      liver (the rest by the spleen).
+    - ``dna_degradation_rate_per_h``: degradation of donor DNA left after clearance.
+    - ``label_leak_rate_per_h``: leakage of radiolabel from cells (viable or dead).
+    - ``label_residual_loss_rate_per_h``: elution of label retained by phagocytes.
+    """
+
+    critical_diameter_ratio: Float[Array, ""]
+    arrest_steepness: Float[Array, ""]
+    adhesion_extraction: Float[Array, " O"]
+    release_rate_per_h: Float[Array, " O"]
+    death_rate_per_h: Float[Array, " O"]
+    blood_death_rate_per_h: Float[Array, ""]
+    debris_clearance_rate_per_h: Float[Array, ""]
+    blood_debris_clearance_rate_per_h: Float[Array, ""]
+    blood_debris_to_liver_fraction: Float[Array, ""]
+    dna_degradation_rate_per_h: Float[Array, ""]
+    label_leak_rate_per_h: Float[Array, ""]
+    label_residual_loss_rate_per_h: Float[Array, ""]
+
+    def __check_init__(self):
+        for name in parameter_names():
+            value = getattr(self, name)
+            field = f"KineticParameters.{name}"
+            expected = (N_ORGANS,) if name in PER_ORGAN else ()
+            if isinstance(value, jax.Array | np.ndarray) and value.shape != expected and value.ndim <= len(expected):
+                raise ValueError(f"{field}: expected shape {expected}, got {value.shape}")
+            if name in FRACTIONS:
+                check_range(field, value, 0.0, 1.0)
+            else:
+                check_positive(field, value, allow_zero=name in MAY_BE_ZERO)
+
+    @classmethod
+    def default(cls) -> "KineticParameters":
+        """The shipped defaults (reference species: 25 g mouse)."""
+        return cls(**{k: jnp.asarray(v) for k, v in _default_values().items()})
+
+    def replace(self, **changes) -> "KineticParameters":
+        """A copy with some parameters changed. Per-organ parameters accept either a full
+        array or a dict ``{organ: value}`` that updates only those organs."""
+        values = {k: getattr(self, k) for k in parameter_names()}
+        for key, new in changes.items():
+            if key not in values:
+                raise ValueError(
+                    f"parameter: unknown parameter {key!r}; allowed: {', '.join(parameter_names())}"
+                )
+            if isinstance(new, dict):
+                if key not in PER_ORGAN:
+                    raise TypeError(f"{key}: a dict of organ values is only allowed for {PER_ORGAN}")
+                arr = jnp.asarray(values[key])
+                for organ, v in new.items():
+                    if organ not in ORGANS:
+                        raise ValueError(f"{key}: unknown organ {organ!r}; allowed: {', '.join(ORGANS)}")
+                    arr = arr.at[ORGANS.index(organ)].set(v)
+                new = arr
+            values[key] = jnp.asarray(new, dtype=float)
+        return KineticParameters(**values)
+
+    def scaled_to(self, body_weight_g) -> "KineticParameters":
+        """Apply allometric scaling (BW/25 g)**-0.25 to :data:`ALLOMETRIC_RATES`."""
+        from ..physiology.species import allometric_factor
+
+        factor = allometric_factor(body_weight_g)
+        return eqx.tree_at(
+            lambda p: [getattr(p, n) for n in ALLOMETRIC_RATES],
+            self,
+            [getattr(self, n) * factor for n in ALLOMETRIC_RATES],
+        )
+
+
+@functools.cache
+def parameter_names() -> tuple[str, ...]:
+    return tuple(f.name for f in KineticParameters.__dataclass_fields__.values())
+
+
+@functools.cache
+def default_table() -> pd.DataFrame:
+    """The shipped defaults, one row per value, with basis and source."""
+    with resources.files("mscpk.model").joinpath("data/kinetic_defaults.csv").open() as f:
+        return pd.read_csv(f, comment="#")
+
+
+def _default_values() -> dict[str, np.ndarray]:
+    table = default_table()
+    out: dict[str, np.ndarray] = {}
+    for name in parameter_names():
+        rows = table[table.parameter == name]
+        if name in PER_ORGAN:
+            by_organ = dict(zip(rows.organ, rows.value, strict=True))
+            fallback = by_organ.get("all")
+            missing = [o for o in ORGANS if o not in by_organ and fallback is None]
+            if missing:
+                raise ValueError(f"kinetic_defaults.csv: {name} has no value for organs {missing}")
+            out[name] = np.array([by_organ.get(o, fallback) for o in ORGANS], dtype=float)
+        else:
+            if len(rows) != 1:
+                raise ValueError(f"kinetic_defaults.csv: expected one row for {name}, found {len(rows)}")
+            out[name] = np.asarray(float(rows.value.iloc[0]))
+    return out

@@ -1,0 +1,120 @@
+"""Observation models: what each assay sees of the model state.
+
+- :class:`ViableCells`: living donor cells (bioluminescence imaging of a reporter, flow
+  cytometry of labelled cells).
+- :class:`DeadCells`: dead, not yet engulfed donor cells.
+- :class:`DonorDNA`: donor genomes, living or not (Alu / beta-globin qPCR, ddPCR): the DNA
+  of dead cells lingers in phagocytes until degraded (Lee 2009 measured lung clearance
+  by Alu qPCR; Eggenhofer 2012 found label where no living cells were).
+- :class:`Radiolabel`: label activity (111In, 51Cr, 99mTc), decay-corrected, as percent
+  of the injected activity; label follows dead cells into phagocytes and leaks.
+- :class:`RadiolabelWholeBody`: label as percent of the activity still in the body, the
+  normalisation most imaging studies report.
+
+Each assay maps observed pools (:class:`~mscpk.model.model.Observed`, with the
+quasi-steady circulating cells in ``blood``) to ``(..., K)`` values over
+:data:`OUTPUT_ORGANS` (``blood``, the organs, ``whole_body``). Assays are equinox
+modules so that later versions can carry calibratable parameters (detection limits,
+scale factors, noise) and stay differentiable.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ..model.layout import N_COMPARTMENTS, ORGANS
+from ..model.model import Observed
+
+#: Organ labels of observation outputs, in order.
+OUTPUT_ORGANS: tuple[str, ...] = ("blood",) + ORGANS + ("whole_body",)
+
+
+def _aggregation() -> Float[Array, "K C"]:
+    # Output organs are the compartments (blood first) followed by whole_body.
+    return jnp.concatenate([jnp.eye(N_COMPARTMENTS), jnp.ones((1, N_COMPARTMENTS))])
+
+
+AGGREGATION = _aggregation()
+
+
+def _per_output(per_compartment: Float[Array, "... C"]) -> Float[Array, "... K"]:
+    return per_compartment @ AGGREGATION.T
+
+
+def _safe_percent(num, den):
+    ok = den > 0
+    return jnp.where(ok, 100.0 * num / jnp.where(ok, den, 1.0), 0.0)
+
+
+class AbstractAssay(eqx.Module):
+    """Base class of observation models. Subclasses are final."""
+
+    quantity: eqx.AbstractClassVar[str]
+    unit: eqx.AbstractClassVar[str]
+
+    @abc.abstractmethod
+    def __call__(self, state: Observed) -> Float[Array, "... K"]:
+        """The observed quantity for each output organ."""
+
+
+class ViableCells(AbstractAssay):
+    quantity: ClassVar[str] = "viable_cells"
+    unit: ClassVar[str] = "cells"
+
+    def __call__(self, state: Observed):
+        return _per_output(state.viable)
+
+
+class DeadCells(AbstractAssay):
+    quantity: ClassVar[str] = "dead_cells"
+    unit: ClassVar[str] = "cells"
+
+    def __call__(self, state: Observed):
+        return _per_output(state.dead)
+
+
+class DonorDNA(AbstractAssay):
+    quantity: ClassVar[str] = "donor_dna"
+    unit: ClassVar[str] = "cell_equivalents"
+
+    def __call__(self, state: Observed):
+        return _per_output(state.viable + state.dead + state.dna_residual)
+
+
+def _label(state: Observed):
+    return state.label_viable + state.label_dead + state.label_residual
+
+
+class Radiolabel(AbstractAssay):
+    quantity: ClassVar[str] = "radiolabel"
+    unit: ClassVar[str] = "percent_injected_dose"
+
+    def __call__(self, state: Observed):
+        in_body = _label(state)
+        administered = in_body.sum(-1) + state.label_eliminated
+        return _safe_percent(_per_output(in_body), administered[..., None])
+
+
+class RadiolabelWholeBody(AbstractAssay):
+    quantity: ClassVar[str] = "radiolabel_pct_whole_body"
+    unit: ClassVar[str] = "percent_whole_body"
+
+    def __call__(self, state: Observed):
+        in_body = _label(state)
+        return _safe_percent(_per_output(in_body), in_body.sum(-1)[..., None])
+
+
+#: The assays every simulation reports, in output order.
+DEFAULT_ASSAYS: tuple[AbstractAssay, ...] = (
+    ViableCells(),
+    DeadCells(),
+    DonorDNA(),
+    Radiolabel(),
+    RadiolabelWholeBody(),
+)
+QUANTITIES: tuple[str, ...] = tuple(a.quantity for a in DEFAULT_ASSAYS)

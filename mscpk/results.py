@@ -1,0 +1,126 @@
+"""Simulation results: tidy tables, percent-of-dose summaries, plots, invariants.
+
+The tidy output contract (CSV and DataFrame) has the columns
+``time_h, organ, quantity, value, unit``. ``organ`` is ``blood``, an organ of
+:data:`~mscpk.model.layout.ORGANS` or ``whole_body``; ``quantity`` is one of
+:data:`~mscpk.observation.assays.QUANTITIES`. Later versions add quantities and never
+rename these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .dosing.regimen import Regimen
+from .model.model import Model
+from .observation.assays import DEFAULT_ASSAYS, OUTPUT_ORGANS
+
+TIDY_COLUMNS = ("time_h", "organ", "quantity", "value", "unit")
+
+
+@dataclass(frozen=True, eq=False)
+class SimulationResult:
+    """States of one simulation at the requested times, and what assays see of them."""
+
+    model: Model
+    regimen: Regimen
+    times_h: np.ndarray
+    states: np.ndarray
+    blood_input: np.ndarray
+    t_end_h: float
+    n_steps: int
+
+    @cached_property
+    def observations(self) -> dict[str, np.ndarray]:
+        """``{quantity: array (T, K)}`` over :data:`OUTPUT_ORGANS`."""
+        observed = self.model.observe(jnp.asarray(self.states), jnp.asarray(self.blood_input))
+        return {a.quantity: np.asarray(a(observed)) for a in DEFAULT_ASSAYS}
+
+    @property
+    def units(self) -> dict[str, str]:
+        return {a.quantity: a.unit for a in DEFAULT_ASSAYS}
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """Tidy long table with columns ``time_h, organ, quantity, value, unit``."""
+        frames = []
+        n_t, n_k = len(self.times_h), len(OUTPUT_ORGANS)
+        for quantity, values in self.observations.items():
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "time_h": np.repeat(self.times_h, n_k),
+                        "organ": np.tile(OUTPUT_ORGANS, n_t),
+                        "quantity": quantity,
+                        "value": values.reshape(-1),
+                        "unit": self.units[quantity],
+                    }
+                )
+            )
+        return pd.concat(frames, ignore_index=True)[list(TIDY_COLUMNS)]
+
+    def to_csv(self, path) -> None:
+        self.to_dataframe().to_csv(path, index=False)
+
+    def value(self, quantity: str, organ: str, time_h: float) -> float:
+        """One number: ``quantity`` in ``organ`` at an output time (nearest stored time)."""
+        if quantity not in self.observations:
+            raise ValueError(f"quantity: unknown {quantity!r}; allowed: {', '.join(self.observations)}")
+        if organ not in OUTPUT_ORGANS:
+            raise ValueError(f"organ: unknown {organ!r}; allowed: {', '.join(OUTPUT_ORGANS)}")
+        i = int(np.argmin(np.abs(self.times_h - time_h)))
+        if abs(self.times_h[i] - time_h) > 1e-9 * max(1.0, abs(time_h)):
+            raise ValueError(f"time_h: {time_h} h is not an output time; pass it in times_h")
+        return float(self.observations[quantity][i, OUTPUT_ORGANS.index(organ)])
+
+    def percent_of_dose(self, quantity: str = "viable_cells", times_h=None) -> pd.DataFrame:
+        """``quantity`` as % of all cells administered, one row per time, one column per organ."""
+        if quantity not in ("viable_cells", "dead_cells", "donor_dna"):
+            raise ValueError(f"quantity: percent of dose is defined for cell counts and DNA, got {quantity!r}")
+        table = pd.DataFrame(
+            100.0 * self.observations[quantity] / self.regimen.total_cells,
+            index=pd.Index(self.times_h, name="time_h"),
+            columns=list(OUTPUT_ORGANS),
+        )
+        if times_h is not None:
+            idx = [int(np.argmin(np.abs(self.times_h - t))) for t in times_h]
+            table = table.iloc[idx]
+        return table
+
+    def mass_balance(self) -> dict[str, float]:
+        """Largest relative error of the conserved totals (cells, DNA, label) over time.
+
+        Every administered cell is viable, dead or cleared; every genome is in a cell, in
+        the residual pool or degraded; every unit of label is somewhere or eliminated.
+        """
+        totals = {k: np.asarray(v) for k, v in self.model.totals(jnp.asarray(self.states)).items()}
+        administered = np.array([self._administered_by(t) for t in self.times_h])
+        scale = max(self.regimen.total_cells, 1.0)
+        return {k: float(np.max(np.abs(v - administered)) / scale) for k, v in totals.items()}
+
+    def _administered_by(self, t: float) -> float:
+        total = 0.0
+        for d in self.regimen.doses:
+            if d.infusion_h is None:
+                total += d.cells if t >= d.time_h else 0.0
+            else:
+                total += d.cells * min(max((t - d.time_h) / d.infusion_h, 0.0), 1.0)
+        return total
+
+    def summary(self, times_h=(0.25, 1.0, 24.0, 72.0), organs=None) -> pd.DataFrame:
+        """Viable cells as % of dose at a few times for the main organs (a compact table)."""
+        times = [t for t in times_h if t <= self.t_end_h + 1e-12]
+        organs = organs or ["blood", "lung", "liver", "spleen", "bone_marrow", "whole_body"]
+        table = self.percent_of_dose("viable_cells", times)[organs]
+        table.index = [f"{t:g} h" for t in times]
+        return table
+
+    def plot(self, path=None, quantity: str = "viable_cells", organs=None, ax=None):
+        """Time course of ``quantity`` per organ (log scale). Saves to ``path`` if given."""
+        from .plotting import plot_time_course
+
+        return plot_time_course(self, path=path, quantity=quantity, organs=organs, ax=ax)
