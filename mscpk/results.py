@@ -72,10 +72,16 @@ class SimulationResult:
             raise ValueError(f"quantity: unknown {quantity!r}; allowed: {', '.join(self.observations)}")
         if organ not in OUTPUT_ORGANS:
             raise ValueError(f"organ: unknown {organ!r}; allowed: {', '.join(OUTPUT_ORGANS)}")
+        i = self._time_index(time_h)
+        return float(self.observations[quantity][i, OUTPUT_ORGANS.index(organ)])
+
+    def _time_index(self, time_h: float) -> int:
         i = int(np.argmin(np.abs(self.times_h - time_h)))
         if abs(self.times_h[i] - time_h) > 1e-9 * max(1.0, abs(time_h)):
-            raise ValueError(f"time_h: {time_h} h is not an output time; pass it in times_h")
-        return float(self.observations[quantity][i, OUTPUT_ORGANS.index(organ)])
+            raise ValueError(
+                f"time_h: {time_h} h is not an output time of this result; pass it in simulate(times_h=...)"
+            )
+        return i
 
     def percent_of_dose(self, quantity: str = "viable_cells", times_h=None) -> pd.DataFrame:
         """``quantity`` as % of all cells administered, one row per time, one column per organ."""
@@ -87,8 +93,7 @@ class SimulationResult:
             columns=list(OUTPUT_ORGANS),
         )
         if times_h is not None:
-            idx = [int(np.argmin(np.abs(self.times_h - t))) for t in times_h]
-            table = table.iloc[idx]
+            table = table.iloc[[self._time_index(t) for t in times_h]]
         return table
 
     def mass_balance(self) -> dict[str, float]:
@@ -113,7 +118,7 @@ class SimulationResult:
 
     def summary(self, times_h=(0.25, 1.0, 24.0, 72.0), organs=None) -> pd.DataFrame:
         """Viable cells as % of dose at a few times for the main organs (a compact table)."""
-        times = [t for t in times_h if t <= self.t_end_h + 1e-12]
+        times = [t for t in times_h if t <= self.t_end_h + 1e-12 and np.any(np.isclose(self.times_h, t))]
         organs = organs or ["blood", "lung", "liver", "spleen", "bone_marrow", "whole_body"]
         table = self.percent_of_dose("viable_cells", times)[organs]
         table.index = [f"{t:g} h" for t in times]

@@ -99,7 +99,11 @@ def presets() -> tuple[str, ...]:
 
 
 def cell_product(name: str, **overrides) -> CellProduct:
-    """A preset cell product, optionally with fields overridden (e.g. ``viability=0.7``)."""
+    """A preset cell product, optionally with fields overridden (e.g. ``viability=0.7``).
+
+    Overriding ``diameter_mean_um`` alone keeps the preset's coefficient of variation
+    (the SD scales with the mean); pass ``diameter_sd_um`` to set the spread yourself.
+    """
     key = check_choice("product", name, presets())
     rows = preset_table()[preset_table().preset == key].set_index("field").value
     fields = dict(
@@ -110,5 +114,8 @@ def cell_product(name: str, **overrides) -> CellProduct:
     unknown = set(overrides) - set(fields)
     if unknown:
         raise ValueError(f"cell_product: unknown field(s) {sorted(unknown)}; allowed: {sorted(fields)}")
+    if "diameter_mean_um" in overrides and "diameter_sd_um" not in overrides:
+        cv = fields["diameter_sd_um"] / fields["diameter_mean_um"]
+        overrides = dict(overrides, diameter_sd_um=cv * overrides["diameter_mean_um"])
     fields.update(overrides)
     return CellProduct(name=key, **fields)

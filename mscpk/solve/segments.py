@@ -39,7 +39,7 @@ class SolverConfig(eqx.Module):
 
     solver: str = eqx.field(static=True, default="tsit5")
     rtol: float = eqx.field(static=True, default=1e-8)
-    atol: float = eqx.field(static=True, default=1e-10)
+    atol: float = eqx.field(static=True, default=1e-13)
     max_steps: int = eqx.field(static=True, default=4096)
 
     def __check_init__(self):
@@ -103,7 +103,8 @@ def solve(
     """Integrate ``model`` over the regimen ``table`` and return states at ``times_h``.
 
     Works under ``jax.jit``, ``jax.vmap`` and ``jax.grad``. ``times_h`` must lie in
-    ``[0, t_end_h]`` (checked by :func:`mscpk.simulate`, not here, so that it traces).
+    ``[0, t_end_h]``; a time outside it (which no segment covers) makes ``success``
+    ``False`` rather than returning zeros, as does a dose ending after ``t_end_h``.
     """
     times_h = jnp.asarray(times_h, dtype=float)
     t_end_h = jnp.asarray(t_end_h, dtype=float)
@@ -143,11 +144,13 @@ def solve(
         return (y1, out, blood, ok, steps + sol.stats["num_steps"]), None
 
     n_t = times_h.shape[0]
+    covered = jnp.all((times_h >= 0.0) & (times_h <= t_end_h))
+    in_horizon = jnp.all((table.cells <= 0.0) | (table.time_h + table.duration_h <= t_end_h))
     init = (
         jnp.zeros(model.n_states),
         jnp.zeros((n_t, model.n_states)),
         jnp.zeros((n_t, model.n_size_classes)),
-        jnp.array(True),
+        covered & in_horizon,
         jnp.array(0),
     )
     (_, ys, blood, ok, steps), _ = jax.lax.scan(segment, init, jnp.arange(n_seg))

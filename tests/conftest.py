@@ -1,0 +1,58 @@
+"""Shared set-up: float64 everywhere, a persistent compilation cache, shared models."""
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+_cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+if _cache:
+    jax.config.update("jax_compilation_cache_dir", _cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+import equinox as eqx  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
+
+import mscpk  # noqa: E402
+
+#: Tight tolerances for checks against exact solutions and finite differences.
+TIGHT = mscpk.SolverConfig(rtol=1e-11, atol=1e-13, max_steps=16384)
+
+
+@pytest.fixture(scope="session")
+def mouse_model():
+    return mscpk.build_model("mouse", "bm_msc")
+
+
+@pytest.fixture(scope="session")
+def solve_jit():
+    """One jitted solve shared by all tests (compiled once per input shape/config)."""
+    return eqx.filter_jit(mscpk.solve)
+
+
+def lung_index() -> int:
+    """Index of the lung among compartments (blood is compartment 0)."""
+    return 1 + mscpk.ORGANS.index("lung")
+
+
+def viable(model, sol):
+    """Viable cells per compartment (T, C), with quasi-steady blood."""
+    return model.observe(sol.ys, sol.blood_input).viable
+
+
+def random_parameters(key, base: mscpk.KineticParameters) -> mscpk.KineticParameters:
+    """A random log-normal perturbation (sd 0.5) of every positive parameter; fractions
+    are redrawn uniformly in [0, 0.9]."""
+    leaves, treedef = jax.tree_util.tree_flatten(base)
+    keys = jax.random.split(key, len(leaves))
+    names = mscpk.model.parameters.parameter_names()
+    out = []
+    for name, leaf, k in zip(names, leaves, keys, strict=True):
+        if name in mscpk.model.parameters.FRACTIONS:
+            out.append(jax.random.uniform(k, jnp.shape(leaf), maxval=0.9))
+        else:
+            out.append(leaf * jnp.exp(0.5 * jax.random.normal(k, jnp.shape(leaf))))
+    return jax.tree_util.tree_unflatten(treedef, out)

@@ -1,0 +1,97 @@
+"""Tidy output contract, CSV, plots and the command-line interface."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mscpk
+from mscpk.cli import main
+
+CONTRACT_QUANTITIES = {"viable_cells", "dead_cells", "donor_dna", "radiolabel", "radiolabel_pct_whole_body"}
+
+
+@pytest.fixture(scope="module")
+def result():
+    return mscpk.simulate("mouse", "bm_msc", cells=2e6, t_end_h=48.0, times_h=[0.0, 0.25, 1.0, 24.0, 48.0])
+
+
+def test_tidy_dataframe_contract(result):
+    df = result.to_dataframe()
+    assert list(df.columns) == ["time_h", "organ", "quantity", "value", "unit"]
+    assert CONTRACT_QUANTITIES <= set(df.quantity)
+    assert {"blood", "lung", "liver", "spleen", "whole_body"} <= set(df.organ)
+    assert all(o == o.lower() for o in df.organ.unique())
+    assert len(df) == 5 * len(mscpk.OUTPUT_ORGANS) * len(CONTRACT_QUANTITIES)
+    units = df.groupby("quantity").unit.unique()
+    assert all(len(u) == 1 for u in units)
+    assert units["viable_cells"][0] == "cells"
+
+
+def test_whole_body_is_the_sum_of_compartments(result):
+    df = result.to_dataframe()
+    for q in ("viable_cells", "dead_cells", "donor_dna", "radiolabel"):
+        sub = df[df.quantity == q].pivot(index="time_h", columns="organ", values="value")
+        parts = sub.drop(columns="whole_body").sum(axis=1)
+        np.testing.assert_allclose(sub["whole_body"], parts, rtol=1e-12, atol=1e-9)
+
+
+def test_assays_tell_label_dna_and_viable_cells_apart(result):
+    # Label and DNA persist in tissue after cells die: label >= viable fraction, DNA >= viable cells.
+    df = result.to_dataframe().set_index(["time_h", "organ", "quantity"]).value
+    viable_pct = 100 * df[(48.0, "lung", "viable_cells")] / 2e6
+    assert df[(48.0, "lung", "radiolabel")] > viable_pct
+    assert df[(48.0, "lung", "donor_dna")] > df[(48.0, "lung", "viable_cells")]
+    assert np.isclose(df[(48.0, "whole_body", "radiolabel_pct_whole_body")], 100.0)
+    assert df[(48.0, "whole_body", "radiolabel")] < 100.0  # some label leaked and was eliminated
+
+
+def test_csv_roundtrip(result, tmp_path):
+    path = tmp_path / "r.csv"
+    result.to_csv(path)
+    back = pd.read_csv(path)
+    pd.testing.assert_frame_equal(back, result.to_dataframe(), check_dtype=False)
+
+
+def test_plot_writes_png(result, tmp_path):
+    path = tmp_path / "r.png"
+    result.plot(path)
+    assert path.stat().st_size > 10_000
+
+
+def test_cli_simulate_prints_table_and_writes_files(tmp_path, capsys):
+    out, png = tmp_path / "result.csv", tmp_path / "result.png"
+    code = main(
+        ["simulate", "--species", "mouse", "--route", "iv", "--cells", "2e6", "--hours", "96",
+         "--out", str(out), "--plot", str(png), "--infusion-min", "30"]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "viable cells, % of total dose" in printed and "lung" in printed and "24 h" in printed
+    df = pd.read_csv(out)
+    assert list(df.columns) == ["time_h", "organ", "quantity", "value", "unit"]
+    assert df.time_h.max() == 96.0
+    assert png.stat().st_size > 10_000
+
+
+def test_cli_rejects_bad_input_with_clear_message(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["simulate", "--cells", "-5", "--out", str(tmp_path / "x.csv")])
+    assert err.value.code == 2
+    assert "--cells: must be a finite number >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["simulate", "--cells", "1e6", "--species", "dog", "--out", str(tmp_path / "x.csv")])
+    assert "invalid choice: 'dog'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["simulate", "--cells", "1e6", "--infusion-min", "0", "--out", str(tmp_path / "x.csv")])
+    assert "--infusion-min: must be a finite number > 0" in capsys.readouterr().err
+
+
+def test_cli_help_explains_every_option():
+    text = subprocess.run(
+        [sys.executable, "-m", "mscpk.cli", "simulate", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for option in ("--species", "--product", "--route", "--cells", "--hours", "--infusion-min", "--out", "--plot"):
+        assert option in text
