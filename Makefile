@@ -12,7 +12,6 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
-	$(PY) -m ipykernel install --user --name mscpk --display-name "mscpk" >/dev/null
 	touch $(STAMP)
 
 install: $(STAMP)
