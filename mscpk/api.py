@@ -10,7 +10,8 @@ from ._validation import check_positive
 from .dosing.regimen import Regimen
 from .model.model import Model
 from .model.parameters import KineticParameters
-from .physiology.species import Species, species as make_species
+from .physiology.species import Species
+from .physiology.species import species as make_species
 from .product.cell_product import CellProduct, cell_product
 from .results import SimulationResult
 from .solve.segments import SolverConfig, solve
@@ -30,9 +31,7 @@ def default_times(t_end_h: float, n: int = 241) -> np.ndarray:
     return np.unique(np.concatenate([[0.0], early, [k for k in key if k <= t_end_h], [t_end_h]]))
 
 
-def build_model(
-    species="mouse", product="bm_msc", parameters=None, n_size_classes: int = 5
-) -> Model:
+def build_model(species="mouse", product="bm_msc", parameters=None, n_size_classes: int = 5) -> Model:
     """Assemble a :class:`~mscpk.model.Model` from names or objects.
 
     ``parameters`` may be ``None`` (shipped defaults), a
@@ -132,5 +131,7 @@ def _check_times(times_h, t_end_h: float) -> np.ndarray:
     if not np.all(np.isfinite(times)):
         raise ValueError("times_h: must be finite")
     if np.any(times < 0) or np.any(times > t_end_h):
-        raise ValueError(f"times_h: every time must lie in [0, t_end_h={t_end_h:g}] h, got {times.min():g}..{times.max():g}")
+        raise ValueError(
+            f"times_h: every time must lie in [0, t_end_h={t_end_h:g}] h, got {times.min():g}..{times.max():g}"
+        )
     return np.unique(times)

@@ -18,30 +18,29 @@ from .routes import ROUTES
 SUMMARY_TIMES_H = (0.25, 1.0, 4.0, 24.0, 72.0)
 
 
-def _positive_float(name):
+def _number(name: str, *, allow_zero: bool):
+    """argparse type: a finite number > 0 (or >= 0), with a message naming the option."""
+    bound = ">= 0" if allow_zero else "> 0"
+
     def parse(text):
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name}: expected a number, got {text!r}") from None
-        if not value > 0 or value != value or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"{name}: must be a finite number > 0, got {text!r}")
+        ok = value >= 0 if allow_zero else value > 0
+        if not ok or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{name}: must be a finite number {bound}, got {text!r}")
         return value
 
     return parse
+
+
+def _positive_float(name):
+    return _number(name, allow_zero=False)
 
 
 def _nonnegative_float(name):
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: expected a number, got {text!r}") from None
-        if not value >= 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"{name}: must be a finite number >= 0, got {text!r}")
-        return value
-
-    return parse
+    return _number(name, allow_zero=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,10 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--route", default="iv", choices=ROUTES, help="route of administration (default: iv)")
     sim.add_argument(
-        "--cells", type=_nonnegative_float("--cells"), required=True, help="number of cells per dose, e.g. 2e6"
+        "--cells",
+        type=_nonnegative_float("--cells"),
+        required=True,
+        help="number of cells per dose, e.g. 2e6",
     )
     sim.add_argument(
-        "--hours", type=_positive_float("--hours"), default=72.0, help="simulated time span in hours (default: 72)"
+        "--hours",
+        type=_positive_float("--hours"),
+        default=72.0,
+        help="simulated time span in hours (default: 72)",
     )
     sim.add_argument(
         "--infusion-min",

@@ -86,7 +86,9 @@ class SimulationResult:
     def percent_of_dose(self, quantity: str = "viable_cells", times_h=None) -> pd.DataFrame:
         """``quantity`` as % of all cells administered, one row per time, one column per organ."""
         if quantity not in ("viable_cells", "dead_cells", "donor_dna"):
-            raise ValueError(f"quantity: percent of dose is defined for cell counts and DNA, got {quantity!r}")
+            raise ValueError(
+                f"quantity: percent of dose is defined for cell counts and DNA, got {quantity!r}"
+            )
         table = pd.DataFrame(
             100.0 * self.observations[quantity] / self.regimen.total_cells,
             index=pd.Index(self.times_h, name="time_h"),

@@ -56,12 +56,18 @@ def test_species_scale_as_expected():
     mouse, rat, human = (mscpk.species(s) for s in ("mouse", "rat", "human"))
     assert float(mouse.body_weight_g) == 25.0 and float(rat.body_weight_g) == 250.0
     assert float(human.body_weight_g) == 70000.0
-    assert float(mouse.cardiac_output_ml_per_h) < float(rat.cardiac_output_ml_per_h) < float(human.cardiac_output_ml_per_h)
+    assert (
+        float(mouse.cardiac_output_ml_per_h)
+        < float(rat.cardiac_output_ml_per_h)
+        < float(human.cardiac_output_ml_per_h)
+    )
     assert np.isclose(float(allometric_factor(25.0)), 1.0)
     assert np.isclose(float(allometric_factor(70000.0)), (70000 / 25) ** -0.25)
     scaled = mscpk.build_model("human", "bm_msc").rates
     ref = mscpk.KineticParameters.default()
-    assert np.isclose(float(scaled.debris_clearance_rate_per_h), float(ref.debris_clearance_rate_per_h) * (2800) ** -0.25)
+    assert np.isclose(
+        float(scaled.debris_clearance_rate_per_h), float(ref.debris_clearance_rate_per_h) * (2800) ** -0.25
+    )
     np.testing.assert_array_equal(np.asarray(scaled.death_rate_per_h), np.asarray(ref.death_rate_per_h))
 
 

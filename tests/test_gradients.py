@@ -58,9 +58,14 @@ def test_gradient_every_model_parameter(setup):
     assert nonzero.sum() >= 20, "most parameters should matter for viable lung cells"
     rel = np.abs(grad[nonzero] - fd[nonzero]) / np.abs(fd[nonzero])
     worst = int(np.flatnonzero(nonzero)[np.argmax(rel)])
-    assert rel.max() <= 1e-4, f"worst relative error {rel.max():.2e} at leaf {worst}: grad {grad[worst]}, fd {fd[worst]}, x {x[worst]}"
+    assert rel.max() <= 1e-4, (
+        f"worst relative error {rel.max():.2e} at leaf {worst}: grad {grad[worst]}, fd {fd[worst]}, x {x[worst]}"
+    )
     # Parameters that do not matter have (near) zero gradient too.
-    assert np.all(np.abs(grad[~nonzero] - fd[~nonzero]) * np.maximum(np.abs(np.asarray(x)[~nonzero]), 1e-3) <= 1e-6 * scale)
+    assert np.all(
+        np.abs(grad[~nonzero] - fd[~nonzero]) * np.maximum(np.abs(np.asarray(x)[~nonzero]), 1e-3)
+        <= 1e-6 * scale
+    )
 
 
 @pytest.mark.parametrize("field,index", [("time_h", 0), ("time_h", 1), ("duration_h", 1)])

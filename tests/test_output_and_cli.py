@@ -64,8 +64,23 @@ def test_plot_writes_png(result, tmp_path):
 def test_cli_simulate_prints_table_and_writes_files(tmp_path, capsys):
     out, png = tmp_path / "result.csv", tmp_path / "result.png"
     code = main(
-        ["simulate", "--species", "mouse", "--route", "iv", "--cells", "2e6", "--hours", "96",
-         "--out", str(out), "--plot", str(png), "--infusion-min", "30"]
+        [
+            "simulate",
+            "--species",
+            "mouse",
+            "--route",
+            "iv",
+            "--cells",
+            "2e6",
+            "--hours",
+            "96",
+            "--out",
+            str(out),
+            "--plot",
+            str(png),
+            "--infusion-min",
+            "30",
+        ]
     )
     assert code == 0
     printed = capsys.readouterr().out
@@ -93,5 +108,14 @@ def test_cli_help_explains_every_option():
     text = subprocess.run(
         [sys.executable, "-m", "mscpk.cli", "simulate", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for option in ("--species", "--product", "--route", "--cells", "--hours", "--infusion-min", "--out", "--plot"):
+    for option in (
+        "--species",
+        "--product",
+        "--route",
+        "--cells",
+        "--hours",
+        "--infusion-min",
+        "--out",
+        "--plot",
+    ):
         assert option in text

@@ -40,7 +40,11 @@ def dynamic_blood_reference(model, t):
     q = np.asarray(sp.arterial_supply_fraction)
     Q = float(sp.cardiac_output_ml_per_h)
     vv, va = 2.0 / 3.0 * float(sp.blood_volume_ml), 1.0 / 3.0 * float(sp.blood_volume_ml)
-    kd, kr, kbd = np.asarray(r.death_rate_per_h), np.asarray(r.release_rate_per_h), float(r.blood_death_rate_per_h)
+    kd, kr, kbd = (
+        np.asarray(r.death_rate_per_h),
+        np.asarray(r.release_rate_per_h),
+        float(r.blood_death_rate_per_h),
+    )
     n_o = len(ORGANS)
     ven, art = n_o, n_o + 1
     out = []
@@ -87,7 +91,9 @@ def test_quasi_steady_circulation_matches_dynamic_blood(species, product):
     assert residence < 0.1
     t = max(0.5, 20 * residence)
     ref = dynamic_blood_reference(model, t)
-    sol = mscpk.solve(model, mscpk.Regimen.bolus(1.0).table(), jnp.array([t]), t, mscpk.SolverConfig(rtol=1e-11, atol=1e-14))
+    sol = mscpk.solve(
+        model, mscpk.Regimen.bolus(1.0).table(), jnp.array([t]), t, mscpk.SolverConfig(rtol=1e-11, atol=1e-14)
+    )
     assert bool(sol.success)
     ours = np.asarray(mscpk.model.layout.unpack(sol.ys[0], model.n_size_classes).viable)
     np.testing.assert_allclose(ours.sum(0), ref.sum(0), rtol=2e-3, atol=1e-7)

@@ -17,7 +17,8 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ..model.layout import N_COMPARTMENTS
-from ..routes.base import AbstractRoute, route as make_route
+from ..routes.base import AbstractRoute
+from ..routes.base import route as make_route
 
 
 def _number(field: str, value) -> float:

@@ -60,9 +60,7 @@ def organ_index(name: str) -> int:
     try:
         return ORGANS.index(name)
     except ValueError:
-        raise ValueError(
-            f"organ: unknown organ {name!r}; allowed: {', '.join(ORGANS)}"
-        ) from None
+        raise ValueError(f"organ: unknown organ {name!r}; allowed: {', '.join(ORGANS)}") from None
 
 
 def compartment_index(name: str) -> int:

@@ -112,7 +112,9 @@ class Model(eqx.Module):
         cells = circulation(extraction, supply, rate, r.blood_death_rate_per_h)
         label_loss = r.blood_death_rate_per_h + r.label_leak_rate_per_h
         label = circulation(extraction, supply, rate, label_loss)
-        share = jnp.where(label_loss > 0, r.blood_death_rate_per_h / jnp.where(label_loss > 0, label_loss, 1.0), 1.0)
+        share = jnp.where(
+            label_loss > 0, r.blood_death_rate_per_h / jnp.where(label_loss > 0, label_loss, 1.0), 1.0
+        )
         return Transport(cells, label, share)
 
     def blood_residence_h(self) -> Float[Array, " S"]:
@@ -128,7 +130,10 @@ class Model(eqx.Module):
         n_org = len(ORGANS)
         death = r.death_rate_per_h
         clear = jnp.concatenate(
-            [jnp.reshape(r.blood_debris_clearance_rate_per_h, (1,)), jnp.ones(n_org) * r.debris_clearance_rate_per_h]
+            [
+                jnp.reshape(r.blood_debris_clearance_rate_per_h, (1,)),
+                jnp.ones(n_org) * r.debris_clearance_rate_per_h,
+            ]
         )
         # Where cleared debris (its DNA and label) ends up: organs keep their own;
         # blood-borne debris goes to liver and spleen.
@@ -156,11 +161,15 @@ class Model(eqx.Module):
         organ_death = death * x.viable.sum(0)
         organ_label_death = death * x.label_viable.sum(0)
         dead_in = jnp.concatenate([jnp.reshape(died_in_blood, (1,)), organ_death])
-        label_dead_in = jnp.concatenate([jnp.reshape(label_lost * tr.label_dead_share, (1,)), organ_label_death])
+        label_dead_in = jnp.concatenate(
+            [jnp.reshape(label_lost * tr.label_dead_share, (1,)), organ_label_death]
+        )
         cleared = clear * x.dead
         label_cleared = clear * x.label_dead
         dx = State(
-            viable=jnp.einsum("sij,sj->si", tr.cells.release, released) - released - death[None, :] * x.viable,
+            viable=jnp.einsum("sij,sj->si", tr.cells.release, released)
+            - released
+            - death[None, :] * x.viable,
             label_viable=jnp.einsum("sij,sj->si", tr.label.release, released_l)
             - released_l
             - (death + leak)[None, :] * x.label_viable,
@@ -196,7 +205,9 @@ class Model(eqx.Module):
         via_portal = jnp.sum(escaped * _PORTAL[None, :], axis=1)  # reaching the liver inlet
         e_liver = e[:, _LIVER]
         direct = direct.at[:, _LIVER].add(via_portal * e_liver)
-        to_pool = entry[BLOOD] + jnp.sum(escaped * (1.0 - _PORTAL[None, :]), axis=1) + via_portal * (1.0 - e_liver)
+        to_pool = (
+            entry[BLOOD] + jnp.sum(escaped * (1.0 - _PORTAL[None, :]), axis=1) + via_portal * (1.0 - e_liver)
+        )
         return direct + to_pool[:, None] * fates.pool, to_pool * fates.pool_dead, to_pool
 
     def dose_vector(self, entry_distribution: Float[Array, " C"]) -> Float[Array, " n"]:
@@ -215,7 +226,9 @@ class Model(eqx.Module):
         w = v * weights  # (S,)
         viable = w[:, None] * organs
         label_viable = w[:, None] * organs_l
-        dead = (1.0 - v) * entry_distribution + jnp.zeros(N_COMPARTMENTS).at[BLOOD].set(jnp.sum(w * blood_dead))
+        dead = (1.0 - v) * entry_distribution + jnp.zeros(N_COMPARTMENTS).at[BLOOD].set(
+            jnp.sum(w * blood_dead)
+        )
         lost_l = jnp.sum(w * blood_lost_l)
         label_dead = (1.0 - v) * entry_distribution + jnp.zeros(N_COMPARTMENTS).at[BLOOD].set(
             lost_l * tr.label_dead_share
@@ -256,7 +269,9 @@ class Model(eqx.Module):
         into_blood = blood_input + jnp.sum(tr.cells.release_to_pool * released, -1)  # (..., S)
         into_blood_l = blood_input + jnp.sum(tr.label.release_to_pool * released_l, -1)
         blood = jnp.sum(into_blood / (tr.cells.out_rate + r.blood_death_rate_per_h), -1)
-        blood_l = jnp.sum(into_blood_l / (tr.label.out_rate + r.blood_death_rate_per_h + r.label_leak_rate_per_h), -1)
+        blood_l = jnp.sum(
+            into_blood_l / (tr.label.out_rate + r.blood_death_rate_per_h + r.label_leak_rate_per_h), -1
+        )
         viable = jnp.concatenate([blood[..., None], x.viable.sum(-2)], -1)
         label_viable = jnp.concatenate([blood_l[..., None], x.label_viable.sum(-2)], -1)
         return Observed(
@@ -269,7 +284,12 @@ class Model(eqx.Module):
         x = unpack_batch(y, self.n_size_classes)
         cells = x.viable.sum((-1, -2)) + x.dead.sum(-1) + x.cells_cleared
         dna = x.viable.sum((-1, -2)) + x.dead.sum(-1) + x.dna_residual.sum(-1) + x.dna_degraded
-        label = x.label_viable.sum((-1, -2)) + x.label_dead.sum(-1) + x.label_residual.sum(-1) + x.label_eliminated
+        label = (
+            x.label_viable.sum((-1, -2))
+            + x.label_dead.sum(-1)
+            + x.label_residual.sum(-1)
+            + x.label_eliminated
+        )
         return {"cells": cells, "dna": dna, "label": label}
 
 

@@ -89,7 +89,11 @@ class KineticParameters(eqx.Module):
             value = getattr(self, name)
             field = f"KineticParameters.{name}"
             expected = (N_ORGANS,) if name in PER_ORGAN else ()
-            if isinstance(value, jax.Array | np.ndarray) and value.shape != expected and value.ndim <= len(expected):
+            if (
+                isinstance(value, jax.Array | np.ndarray)
+                and value.shape != expected
+                and value.ndim <= len(expected)
+            ):
                 raise ValueError(f"{field}: expected shape {expected}, got {value.shape}")
             if name in FRACTIONS:
                 check_range(field, value, 0.0, 1.0)

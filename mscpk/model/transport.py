@@ -75,7 +75,9 @@ def size_extraction(
     arrest_steepness: Float[Array, ""],
 ) -> Float[Array, "S O"]:
     """Per-pass arrest probability from size alone, for each class and organ."""
-    log_ratio = jnp.log(critical_diameter_ratio * capillary_diameter_um)[None, :] - jnp.log(diameter_um)[:, None]
+    log_ratio = (
+        jnp.log(critical_diameter_ratio * capillary_diameter_um)[None, :] - jnp.log(diameter_um)[:, None]
+    )
     return 1.0 / (1.0 + jnp.exp(arrest_steepness * log_ratio))
 
 
@@ -144,9 +146,8 @@ def circulation(
     other = 1.0 - is_lung - is_portal
     release_to_pool = is_lung * to_pool_art[:, None] + is_portal * to_pool_liver[:, None] + other  # (S, O)
     # Direct arrest before reaching the pool: fate_art for lung releases, liver for portal.
-    direct = (
-        is_lung[:, None, :] * fate_art[:, :, None]
-        + is_portal[:, None, :] * (extraction[:, LIVER][:, None, None] * _E_LIVER[None, :, None])
+    direct = is_lung[:, None, :] * fate_art[:, :, None] + is_portal[:, None, :] * (
+        extraction[:, LIVER][:, None, None] * _E_LIVER[None, :, None]
     )  # (S, O_to, O_from)
     release = direct + pool[:, :, None] * release_to_pool[:, None, :]
     release_dead = pool_dead[:, None] * release_to_pool

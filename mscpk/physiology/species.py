@@ -146,7 +146,9 @@ def species(name: str) -> Species:
     systemic_cap = _value(table, key, "whole_body", "capillary_diameter_um")
     capillary = np.array(
         [
-            _value(table, key, o, "capillary_diameter_um") if _has(table, key, o, "capillary_diameter_um") else systemic_cap
+            _value(table, key, o, "capillary_diameter_um")
+            if _has(table, key, o, "capillary_diameter_um")
+            else systemic_cap
             for o in ORGANS
         ]
     )

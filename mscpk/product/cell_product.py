@@ -73,7 +73,9 @@ class CellProduct(eqx.Module):
         )
         unknown = set(changes) - set(fields)
         if unknown:
-            raise ValueError(f"CellProduct.replace: unknown field(s) {sorted(unknown)}; allowed: {sorted(fields)}")
+            raise ValueError(
+                f"CellProduct.replace: unknown field(s) {sorted(unknown)}; allowed: {sorted(fields)}"
+            )
         fields.update(changes)
         return CellProduct(**fields)
 

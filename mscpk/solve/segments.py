@@ -98,7 +98,7 @@ def solve(
     table: DoseTable,
     times_h: Float[Array, " T"],
     t_end_h,
-    config: SolverConfig = SolverConfig(),
+    config: SolverConfig | None = None,
 ) -> Solution:
     """Integrate ``model`` over the regimen ``table`` and return states at ``times_h``.
 
@@ -106,6 +106,7 @@ def solve(
     ``[0, t_end_h]``; a time outside it (which no segment covers) makes ``success``
     ``False`` rather than returning zeros, as does a dose ending after ``t_end_h``.
     """
+    config = SolverConfig() if config is None else config
     times_h = jnp.asarray(times_h, dtype=float)
     t_end_h = jnp.asarray(t_end_h, dtype=float)
     bounds, jumps, per_cell, to_blood = event_schedule(table, model, t_end_h)
