@@ -8,6 +8,7 @@ import numpy as np
 
 from ._validation import check_positive
 from .dosing.regimen import Regimen
+from .mechanisms.switches import Mechanisms
 from .model.model import Model
 from .model.parameters import KineticParameters
 from .physiology.species import Species
@@ -31,7 +32,9 @@ def default_times(t_end_h: float, n: int = 241) -> np.ndarray:
     return np.unique(np.concatenate([[0.0], early, [k for k in key if k <= t_end_h], [t_end_h]]))
 
 
-def build_model(species="mouse", product="bm_msc", parameters=None, n_size_classes: int = 5) -> Model:
+def build_model(
+    species="mouse", product="bm_msc", parameters=None, n_size_classes: int = 5, mechanisms=None
+) -> Model:
     """Assemble a :class:`~mscpk.model.Model` from names or objects.
 
     ``parameters`` may be ``None`` (shipped defaults), a
@@ -53,7 +56,10 @@ def build_model(species="mouse", product="bm_msc", parameters=None, n_size_class
         raise TypeError(
             f"parameters: expected None, a dict or KineticParameters, got {type(parameters).__name__}"
         )
-    return Model(species, product, parameters, n_size_classes)
+    mechanisms = Mechanisms() if mechanisms is None else mechanisms
+    if not isinstance(mechanisms, Mechanisms):
+        raise TypeError(f"mechanisms: expected a Mechanisms, got {type(mechanisms).__name__}")
+    return Model(species, product, parameters, n_size_classes, mechanisms)
 
 
 def simulate(
@@ -69,6 +75,7 @@ def simulate(
     parameters=None,
     solver: SolverConfig | None = None,
     n_size_classes: int = 5,
+    mechanisms: Mechanisms | None = None,
 ) -> SimulationResult:
     """Simulate a cell product given to a species and return a :class:`SimulationResult`.
 
@@ -84,6 +91,7 @@ def simulate(
     - ``parameters``: ``None`` (defaults), a dict of changes, or ``KineticParameters``.
     - ``solver``: a :class:`~mscpk.SolverConfig`.
     - ``n_size_classes``: diameter classes resolving the product's size distribution.
+    - ``mechanisms``: :class:`~mscpk.Mechanisms` switches (default: all on).
 
     Raises ``ValueError``/``TypeError`` on bad input and :class:`SolveError` if a solve fails.
     """
@@ -105,7 +113,7 @@ def simulate(
         raise TypeError(f"regimen: expected a Regimen, got {type(regimen).__name__}")
     regimen.check_horizon(t_end_h)
     times = default_times(t_end_h) if times_h is None else _check_times(times_h, t_end_h)
-    model = build_model(species, product, parameters, n_size_classes)
+    model = build_model(species, product, parameters, n_size_classes, mechanisms)
     solver = SolverConfig() if solver is None else solver
     sol = _solve_jit(model, regimen.table(), jnp.asarray(times), t_end_h, solver)
     if not bool(sol.success):

@@ -45,16 +45,27 @@ class SimulationResult:
     def units(self) -> dict[str, str]:
         return {a.quantity: a.unit for a in DEFAULT_ASSAYS}
 
+    @staticmethod
+    def organs_of(quantity: str) -> tuple[str, ...]:
+        """Output organs reported for ``quantity``."""
+        for a in DEFAULT_ASSAYS:
+            if a.quantity == quantity:
+                return a.organs
+        raise ValueError(
+            f"quantity: unknown {quantity!r}; allowed: {', '.join(a.quantity for a in DEFAULT_ASSAYS)}"
+        )
+
     def to_dataframe(self) -> pd.DataFrame:
         """Tidy long table with columns ``time_h, organ, quantity, value, unit``."""
         frames = []
-        n_t, n_k = len(self.times_h), len(OUTPUT_ORGANS)
+        n_t = len(self.times_h)
         for quantity, values in self.observations.items():
+            organs = self.organs_of(quantity)
             frames.append(
                 pd.DataFrame(
                     {
-                        "time_h": np.repeat(self.times_h, n_k),
-                        "organ": np.tile(OUTPUT_ORGANS, n_t),
+                        "time_h": np.repeat(self.times_h, len(organs)),
+                        "organ": np.tile(organs, n_t),
                         "quantity": quantity,
                         "value": values.reshape(-1),
                         "unit": self.units[quantity],
@@ -70,10 +81,11 @@ class SimulationResult:
         """One number: ``quantity`` in ``organ`` at an output time (nearest stored time)."""
         if quantity not in self.observations:
             raise ValueError(f"quantity: unknown {quantity!r}; allowed: {', '.join(self.observations)}")
-        if organ not in OUTPUT_ORGANS:
-            raise ValueError(f"organ: unknown {organ!r}; allowed: {', '.join(OUTPUT_ORGANS)}")
+        organs = self.organs_of(quantity)
+        if organ not in organs:
+            raise ValueError(f"organ: unknown {organ!r} for {quantity}; allowed: {', '.join(organs)}")
         i = self._time_index(time_h)
-        return float(self.observations[quantity][i, OUTPUT_ORGANS.index(organ)])
+        return float(self.observations[quantity][i, organs.index(organ)])
 
     def _time_index(self, time_h: float) -> int:
         i = int(np.argmin(np.abs(self.times_h - time_h)))

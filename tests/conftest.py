@@ -45,7 +45,7 @@ def viable(model, sol):
 
 def random_parameters(key, base: mscpk.KineticParameters) -> mscpk.KineticParameters:
     """A random log-normal perturbation (sd 0.5) of every positive parameter; fractions
-    are redrawn uniformly in [0, 0.9]."""
+    are redrawn uniformly in [0, 0.9]; multipliers >= 1 keep their excess over 1 positive."""
     leaves, treedef = jax.tree_util.tree_flatten(base)
     keys = jax.random.split(key, len(leaves))
     names = mscpk.model.parameters.parameter_names()
@@ -53,6 +53,8 @@ def random_parameters(key, base: mscpk.KineticParameters) -> mscpk.KineticParame
     for name, leaf, k in zip(names, leaves, keys, strict=True):
         if name in mscpk.model.parameters.FRACTIONS:
             out.append(jax.random.uniform(k, jnp.shape(leaf), maxval=0.9))
+        elif name in mscpk.model.parameters.AT_LEAST_ONE:
+            out.append(1.0 + (leaf - 1.0) * jnp.exp(0.5 * jax.random.normal(k, jnp.shape(leaf))))
         else:
             out.append(leaf * jnp.exp(0.5 * jax.random.normal(k, jnp.shape(leaf))))
     return jax.tree_util.tree_unflatten(treedef, out)

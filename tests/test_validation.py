@@ -41,7 +41,7 @@ def test_unknown_species_and_product_list_allowed_values():
 
 def test_unknown_organ_names_allowed_organs():
     result = mscpk.simulate("mouse", "bm_msc", cells=1e6, t_end_h=2.0, times_h=[1.0])
-    with pytest.raises(ValueError, match=r"organ: unknown 'lungs'; allowed: blood, lung"):
+    with pytest.raises(ValueError, match=r"organ: unknown 'lungs' for viable_cells; allowed: blood, lung"):
         result.value("viable_cells", "lungs", 1.0)
     with pytest.raises(ValueError, match="organs: unknown organ 'hearts'"):
         result.plot(organs=["hearts"])

@@ -71,12 +71,25 @@ def compartment_index(name: str) -> int:
 
 
 SIZE_RESOLVED_POOLS: tuple[str, ...] = ("viable", "label_viable")
-COMPARTMENT_POOLS: tuple[str, ...] = ("dead", "dna_residual", "label_dead", "label_residual")
-CUMULATIVE: tuple[str, ...] = ("cells_cleared", "dna_degraded", "label_eliminated")
+COMPARTMENT_POOLS: tuple[str, ...] = (
+    "dead",
+    "dna_residual",
+    "label_dead",
+    "label_residual",
+    "engulfed",
+    "label_engulfed",
+)
+SCALARS: tuple[str, ...] = ("cells_cleared", "dna_degraded", "label_eliminated", "il10")
 
 
 class State(NamedTuple):
-    """Named views of the flat state vector (all in cells or cell-equivalents)."""
+    """Named views of the flat state vector.
+
+    Amounts are cells or cell-equivalents (DNA, label) except ``il10`` (plasma IL-10,
+    pg/mL). ``engulfed`` are dead cells inside phagocytes (with their DNA), before
+    digestion; ``label_engulfed`` their label. ``cells_cleared``, ``dna_degraded`` and
+    ``label_eliminated`` are cumulative.
+    """
 
     viable: Float[Array, "S O"]
     label_viable: Float[Array, "S O"]
@@ -84,9 +97,15 @@ class State(NamedTuple):
     dna_residual: Float[Array, " C"]
     label_dead: Float[Array, " C"]
     label_residual: Float[Array, " C"]
+    engulfed: Float[Array, " C"]
+    label_engulfed: Float[Array, " C"]
     cells_cleared: Float[Array, ""]
     dna_degraded: Float[Array, ""]
     label_eliminated: Float[Array, ""]
+    il10: Float[Array, ""]
+
+
+assert State._fields == SIZE_RESOLVED_POOLS + COMPARTMENT_POOLS + SCALARS
 
 
 def state_size(n_size_classes: int) -> int:
@@ -94,32 +113,25 @@ def state_size(n_size_classes: int) -> int:
     return (
         len(SIZE_RESOLVED_POOLS) * n_size_classes * N_ORGANS
         + len(COMPARTMENT_POOLS) * N_COMPARTMENTS
-        + len(CUMULATIVE)
+        + len(SCALARS)
     )
 
 
 def unpack(y: Float[Array, " n"], n_size_classes: int) -> State:
     """Split the flat vector ``y`` into named pools (reshapes, no copies under jit)."""
-    s, o, c = n_size_classes, N_ORGANS, N_COMPARTMENTS
-    so = s * o
-    viable = y[:so].reshape(s, o)
-    label_viable = y[so : 2 * so].reshape(s, o)
-    off = 2 * so
-    per_comp = [y[off + k * c : off + (k + 1) * c] for k in range(len(COMPARTMENT_POOLS))]
-    off += len(COMPARTMENT_POOLS) * c
-    return State(viable, label_viable, *per_comp, y[off], y[off + 1], y[off + 2])
+    parts, off = [], 0
+    so = n_size_classes * N_ORGANS
+    for _ in SIZE_RESOLVED_POOLS:
+        parts.append(y[off : off + so].reshape(n_size_classes, N_ORGANS))
+        off += so
+    for _ in COMPARTMENT_POOLS:
+        parts.append(y[off : off + N_COMPARTMENTS])
+        off += N_COMPARTMENTS
+    for k in range(len(SCALARS)):
+        parts.append(y[off + k])
+    return State(*parts)
 
 
 def pack(state: State) -> Float[Array, " n"]:
     """Inverse of :func:`unpack`."""
-    return jnp.concatenate(
-        [
-            state.viable.reshape(-1),
-            state.label_viable.reshape(-1),
-            state.dead,
-            state.dna_residual,
-            state.label_dead,
-            state.label_residual,
-            jnp.stack([state.cells_cleared, state.dna_degraded, state.label_eliminated]),
-        ]
-    )
+    return jnp.concatenate([jnp.reshape(part, (-1,)) for part in state])

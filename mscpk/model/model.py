@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ..mechanisms.switches import Mechanisms
 from ..physiology.species import Species
 from ..product.cell_product import CellProduct
 from .layout import BLOOD, N_BLOOD, N_COMPARTMENTS, ORGANS, State, pack, state_size, unpack
@@ -48,7 +49,10 @@ class Observed(NamedTuple):
     dna_residual: Float[Array, "... C"]
     label_dead: Float[Array, "... C"]
     label_residual: Float[Array, "... C"]
+    engulfed: Float[Array, "... C"]
+    label_engulfed: Float[Array, "... C"]
     label_eliminated: Float[Array, "..."]
+    il10: Float[Array, "..."]
 
 
 class Transport(NamedTuple):
@@ -70,12 +74,15 @@ class Model(eqx.Module):
       allometric scaling to ``species`` is applied here.
     - ``n_size_classes``: diameter classes resolving the product's size distribution
       (static; default 5).
+    - ``mechanisms``: :class:`~mscpk.mechanisms.Mechanisms` switches (default: all on;
+      ``Mechanisms.none()`` is the core model).
     """
 
     species: Species
     product: CellProduct
     parameters: KineticParameters
     n_size_classes: int = eqx.field(static=True, default=5)
+    mechanisms: Mechanisms = Mechanisms()
 
     def __check_init__(self):
         if not isinstance(self.n_size_classes, int) or self.n_size_classes < 1:
@@ -88,8 +95,18 @@ class Model(eqx.Module):
 
     @property
     def rates(self) -> KineticParameters:
-        """Parameters scaled to this species' body weight."""
-        return self.parameters.scaled_to(self.species.body_weight_g)
+        """Parameters scaled to this species' body weight and, with the preparation
+        mechanism on, death rates raised by the product's cryo-injury."""
+        p = self.parameters.scaled_to(self.species.body_weight_g)
+        if self.mechanisms.preparation and self.product.preparation != "fresh":
+            injury = self.product.cryo_injury(p.cryo_recovery_time_h)
+            factor = 1.0 + (p.cryo_death_multiplier - 1.0) * injury
+            p = eqx.tree_at(
+                lambda q: (q.death_rate_per_h, q.blood_death_rate_per_h),
+                p,
+                (p.death_rate_per_h * factor, p.blood_death_rate_per_h * factor),
+            )
+        return p
 
     def size_classes(self) -> tuple[Float[Array, " S"], Float[Array, " S"]]:
         return self.product.size_classes(self.n_size_classes)
@@ -161,32 +178,81 @@ class Model(eqx.Module):
         organ_death = death * x.viable.sum(0)
         organ_label_death = death * x.label_viable.sum(0)
         dead_in = jnp.concatenate([jnp.reshape(died_in_blood, (1,)), organ_death])
+        dv = jnp.einsum("sij,sj->si", tr.cells.release, released) - released - death[None, :] * x.viable
+        dlv = (
+            jnp.einsum("sij,sj->si", tr.label.release, released_l)
+            - released_l
+            - (death + leak)[None, :] * x.label_viable
+        )
         label_dead_in = jnp.concatenate(
             [jnp.reshape(label_lost * tr.label_dead_share, (1,)), organ_label_death]
         )
-        cleared = clear * x.dead
-        label_cleared = clear * x.label_dead
-        dx = State(
-            viable=jnp.einsum("sij,sj->si", tr.cells.release, released)
-            - released
-            - death[None, :] * x.viable,
-            label_viable=jnp.einsum("sij,sj->si", tr.label.release, released_l)
-            - released_l
-            - (death + leak)[None, :] * x.label_viable,
-            dead=dead_in - cleared,
-            dna_residual=dest @ cleared - r.dna_degradation_rate_per_h * x.dna_residual,
-            label_dead=label_dead_in - label_cleared - leak * x.label_dead,
-            label_residual=dest @ label_cleared - r.label_residual_loss_rate_per_h * x.label_residual,
-            cells_cleared=cleared.sum(),
-            dna_degraded=r.dna_degradation_rate_per_h * x.dna_residual.sum(),
-            label_eliminated=leak * (x.label_viable.sum() + x.label_dead.sum())
-            + r.label_residual_loss_rate_per_h * x.label_residual.sum()
-            + label_lost * (1.0 - tr.label_dead_share),
-        )
+        zero_c = jnp.zeros(N_COMPARTMENTS)
+        if self.mechanisms.efferocytosis:
+            # Dead cells are engulfed (saturable per organ), digested, and lung phagocytes
+            # migrate to liver and spleen with what they hold (cells, DNA, label).
+            capacity = jnp.concatenate(
+                [jnp.full((1,), jnp.inf), r.efferocytosis_capacity_per_g * self.species.organ_volume_ml]
+            )
+            per_cell = clear / (1.0 + x.dead / capacity)
+            engulf, label_engulf = per_cell * x.dead, per_cell * x.label_dead
+            digested = r.digestion_rate_per_h * x.engulfed
+            label_digested = r.digestion_rate_per_h * x.label_engulfed
+            migrate = self._migration(r.phagocyte_migration_rate_per_h)
+            plasma_ml = self.species.blood_volume_ml * (1.0 - self.species.haematocrit)
+            dx = State(
+                viable=dv,
+                label_viable=dlv,
+                dead=dead_in - engulf,
+                dna_residual=digested
+                - r.dna_degradation_rate_per_h * x.dna_residual
+                + migrate @ x.dna_residual,
+                label_dead=label_dead_in - label_engulf - leak * x.label_dead,
+                label_residual=label_digested
+                - r.label_residual_loss_rate_per_h * x.label_residual
+                + migrate @ x.label_residual,
+                engulfed=dest @ engulf - digested + migrate @ x.engulfed,
+                label_engulfed=dest @ label_engulf - label_digested + migrate @ x.label_engulfed,
+                cells_cleared=digested.sum(),
+                dna_degraded=r.dna_degradation_rate_per_h * x.dna_residual.sum(),
+                label_eliminated=leak * (x.label_viable.sum() + x.label_dead.sum())
+                + r.label_residual_loss_rate_per_h * x.label_residual.sum()
+                + label_lost * (1.0 - tr.label_dead_share),
+                il10=r.il10_yield_pg_per_cell * engulf.sum() / plasma_ml
+                - r.il10_clearance_rate_per_h * x.il10,
+            )
+        else:
+            cleared = clear * x.dead
+            label_cleared = clear * x.label_dead
+            dx = State(
+                viable=dv,
+                label_viable=dlv,
+                dead=dead_in - cleared,
+                dna_residual=dest @ cleared - r.dna_degradation_rate_per_h * x.dna_residual,
+                label_dead=label_dead_in - label_cleared - leak * x.label_dead,
+                label_residual=dest @ label_cleared - r.label_residual_loss_rate_per_h * x.label_residual,
+                engulfed=zero_c,
+                label_engulfed=zero_c,
+                cells_cleared=cleared.sum(),
+                dna_degraded=r.dna_degradation_rate_per_h * x.dna_residual.sum(),
+                label_eliminated=leak * (x.label_viable.sum() + x.label_dead.sum())
+                + r.label_residual_loss_rate_per_h * x.label_residual.sum()
+                + label_lost * (1.0 - tr.label_dead_share),
+                il10=jnp.zeros(()),
+            )
         return pack(dx)
 
+    def _migration(self, rate) -> Float[Array, "C C"]:
+        """Generator moving phagocyte contents out of the lung to liver and spleen."""
+        f = self.rates.blood_debris_to_liver_fraction
+        lung = N_BLOOD + ORGANS.index("lung")
+        out = jnp.zeros(N_COMPARTMENTS).at[N_BLOOD + _LIVER].set(f).at[N_BLOOD + _SPLEEN].add(1.0 - f)
+        out = out.at[lung].add(-1.0)
+        return rate * jnp.zeros((N_COMPARTMENTS, N_COMPARTMENTS)).at[:, lung].set(out)
+
     def linear_matrix(self) -> Float[Array, "n n"]:
-        """The system matrix ``A`` with ``dy/dt = A y`` (the core model is linear)."""
+        """The system matrix ``A`` with ``dy/dt = A y`` (exact when every saturable term
+        is off, e.g. ``mechanisms=Mechanisms.none()``; otherwise the Jacobian at 0)."""
         tr = self.transport()
         return jax.jacfwd(lambda y: self.vector_field_from(tr, y))(jnp.zeros(self.n_states))
 
@@ -233,18 +299,21 @@ class Model(eqx.Module):
         label_dead = (1.0 - v) * entry_distribution + jnp.zeros(N_COMPARTMENTS).at[BLOOD].set(
             lost_l * tr.label_dead_share
         )
-        zero_c = jnp.zeros(N_COMPARTMENTS)
+        zero_c, zero = jnp.zeros(N_COMPARTMENTS), jnp.zeros(())
         return pack(
             State(
-                viable,
-                label_viable,
-                dead,
-                zero_c,
-                label_dead,
-                zero_c,
-                jnp.zeros(()),
-                jnp.zeros(()),
-                lost_l * (1.0 - tr.label_dead_share),
+                viable=viable,
+                label_viable=label_viable,
+                dead=dead,
+                dna_residual=zero_c,
+                label_dead=label_dead,
+                label_residual=zero_c,
+                engulfed=zero_c,
+                label_engulfed=zero_c,
+                cells_cleared=zero,
+                dna_degraded=zero,
+                label_eliminated=lost_l * (1.0 - tr.label_dead_share),
+                il10=zero,
             )
         )
 
@@ -275,18 +344,29 @@ class Model(eqx.Module):
         viable = jnp.concatenate([blood[..., None], x.viable.sum(-2)], -1)
         label_viable = jnp.concatenate([blood_l[..., None], x.label_viable.sum(-2)], -1)
         return Observed(
-            viable, label_viable, x.dead, x.dna_residual, x.label_dead, x.label_residual, x.label_eliminated
+            viable,
+            label_viable,
+            x.dead,
+            x.dna_residual,
+            x.label_dead,
+            x.label_residual,
+            x.engulfed,
+            x.label_engulfed,
+            x.label_eliminated,
+            x.il10,
         )
 
     # ----------------------------------------------------------------- invariants
     def totals(self, y: Float[Array, "... n"]) -> dict[str, Float[Array, "..."]]:
         """Conserved totals of a state (or batch of states): cells, DNA, label."""
         x = unpack_batch(y, self.n_size_classes)
-        cells = x.viable.sum((-1, -2)) + x.dead.sum(-1) + x.cells_cleared
-        dna = x.viable.sum((-1, -2)) + x.dead.sum(-1) + x.dna_residual.sum(-1) + x.dna_degraded
+        viable, dead, engulfed = x.viable.sum((-1, -2)), x.dead.sum(-1), x.engulfed.sum(-1)
+        cells = viable + dead + engulfed + x.cells_cleared
+        dna = viable + dead + engulfed + x.dna_residual.sum(-1) + x.dna_degraded
         label = (
             x.label_viable.sum((-1, -2))
             + x.label_dead.sum(-1)
+            + x.label_engulfed.sum(-1)
             + x.label_residual.sum(-1)
             + x.label_eliminated
         )

@@ -38,6 +38,8 @@ MAY_BE_ZERO: tuple[str, ...] = (
     "label_leak_rate_per_h",
     "label_residual_loss_rate_per_h",
     "dna_degradation_rate_per_h",
+    "phagocyte_migration_rate_per_h",
+    "il10_yield_pg_per_cell",
 )
 #: Clearance-type rates that scale with body weight**-1/4 from the reference mouse.
 #: Cell-intrinsic rates (death, release) are not scaled (assumption: a cell's survival
@@ -47,7 +49,11 @@ ALLOMETRIC_RATES: tuple[str, ...] = (
     "blood_debris_clearance_rate_per_h",
     "dna_degradation_rate_per_h",
     "label_residual_loss_rate_per_h",
+    "digestion_rate_per_h",
+    "il10_clearance_rate_per_h",
 )
+#: Multipliers that must be >= 1.
+AT_LEAST_ONE: tuple[str, ...] = ("cryo_death_multiplier",)
 
 
 class KineticParameters(eqx.Module):
@@ -69,6 +75,15 @@ class KineticParameters(eqx.Module):
     - ``dna_degradation_rate_per_h``: degradation of donor DNA left after clearance.
     - ``label_leak_rate_per_h``: leakage of radiolabel from cells (viable or dead).
     - ``label_residual_loss_rate_per_h``: elution of label retained by phagocytes.
+    - ``cryo_death_multiplier``: death-rate multiplier of freshly thawed cells (>= 1).
+    - ``cryo_recovery_time_h``: time constant of recovery from cryo-injury in culture.
+    - ``efferocytosis_capacity_per_g``: dead cells per g of organ at which engulfment
+      runs at half its low-load rate (saturation).
+    - ``digestion_rate_per_h``: digestion of engulfed cells.
+    - ``phagocyte_migration_rate_per_h``: departure of lung phagocytes (with what they
+      engulfed) to liver and spleen.
+    - ``il10_yield_pg_per_cell``: IL-10 released into plasma per engulfed cell (pg).
+    - ``il10_clearance_rate_per_h``: clearance of plasma IL-10.
     """
 
     critical_diameter_ratio: Float[Array, ""]
@@ -83,6 +98,13 @@ class KineticParameters(eqx.Module):
     dna_degradation_rate_per_h: Float[Array, ""]
     label_leak_rate_per_h: Float[Array, ""]
     label_residual_loss_rate_per_h: Float[Array, ""]
+    cryo_death_multiplier: Float[Array, ""]
+    cryo_recovery_time_h: Float[Array, ""]
+    efferocytosis_capacity_per_g: Float[Array, ""]
+    digestion_rate_per_h: Float[Array, ""]
+    phagocyte_migration_rate_per_h: Float[Array, ""]
+    il10_yield_pg_per_cell: Float[Array, ""]
+    il10_clearance_rate_per_h: Float[Array, ""]
 
     def __check_init__(self):
         for name in parameter_names():
@@ -97,6 +119,8 @@ class KineticParameters(eqx.Module):
                 raise ValueError(f"{field}: expected shape {expected}, got {value.shape}")
             if name in FRACTIONS:
                 check_range(field, value, 0.0, 1.0)
+            elif name in AT_LEAST_ONE:
+                check_range(field, value, 1.0, float("inf"))
             else:
                 check_positive(field, value, allow_zero=name in MAY_BE_ZERO)
 

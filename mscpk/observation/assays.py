@@ -10,6 +10,8 @@
   of the injected activity; label follows dead cells into phagocytes and leaks.
 - :class:`RadiolabelWholeBody`: label as percent of the activity still in the body, the
   normalisation most imaging studies report.
+- :class:`EngulfedCells`: dead donor cells inside phagocytes (efferocytosis).
+- :class:`PlasmaIL10`: plasma IL-10 from phagocytes that engulfed donor cells (``blood`` only).
 
 Each assay maps observed pools (:class:`~mscpk.model.model.Observed`, with the
 quasi-steady circulating cells in ``blood``) to ``(..., K)`` values over
@@ -52,10 +54,15 @@ def _safe_percent(num, den):
 
 
 class AbstractAssay(eqx.Module):
-    """Base class of observation models. Subclasses are final."""
+    """Base class of observation models. Subclasses are final.
+
+    ``organs`` lists the output organs the assay reports (default: all of
+    :data:`OUTPUT_ORGANS`); its ``__call__`` returns one value per listed organ.
+    """
 
     quantity: eqx.AbstractClassVar[str]
     unit: eqx.AbstractClassVar[str]
+    organs: ClassVar[tuple[str, ...]] = OUTPUT_ORGANS
 
     @abc.abstractmethod
     def __call__(self, state: Observed) -> Float[Array, "... K"]:
@@ -83,11 +90,32 @@ class DonorDNA(AbstractAssay):
     unit: ClassVar[str] = "cell_equivalents"
 
     def __call__(self, state: Observed):
-        return _per_output(state.viable + state.dead + state.dna_residual)
+        return _per_output(state.viable + state.dead + state.engulfed + state.dna_residual)
+
+
+class EngulfedCells(AbstractAssay):
+    """Dead donor cells inside phagocytes, not yet digested."""
+
+    quantity: ClassVar[str] = "engulfed_cells"
+    unit: ClassVar[str] = "cells"
+
+    def __call__(self, state: Observed):
+        return _per_output(state.engulfed)
+
+
+class PlasmaIL10(AbstractAssay):
+    """Plasma IL-10 released by phagocytes that engulfed donor cells (above baseline)."""
+
+    quantity: ClassVar[str] = "il10"
+    unit: ClassVar[str] = "pg_per_ml"
+    organs: ClassVar[tuple[str, ...]] = ("blood",)
+
+    def __call__(self, state: Observed):
+        return state.il10[..., None]
 
 
 def _label(state: Observed):
-    return state.label_viable + state.label_dead + state.label_residual
+    return state.label_viable + state.label_dead + state.label_engulfed + state.label_residual
 
 
 class Radiolabel(AbstractAssay):
@@ -116,5 +144,7 @@ DEFAULT_ASSAYS: tuple[AbstractAssay, ...] = (
     DonorDNA(),
     Radiolabel(),
     RadiolabelWholeBody(),
+    EngulfedCells(),
+    PlasmaIL10(),
 )
 QUANTITIES: tuple[str, ...] = tuple(a.quantity for a in DEFAULT_ASSAYS)
