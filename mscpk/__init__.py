@@ -25,6 +25,7 @@ from .api import simulate as simulate
 from .dosing.regimen import Dose as Dose
 from .dosing.regimen import DoseTable as DoseTable
 from .dosing.regimen import Regimen as Regimen
+from .host import Host as Host
 from .mechanisms import Mechanisms as Mechanisms
 from .model.layout import COMPARTMENTS as COMPARTMENTS
 from .model.layout import ORGANS as ORGANS
@@ -52,6 +53,7 @@ __all__ = [
     "CellProduct",
     "Dose",
     "DoseTable",
+    "Host",
     "KineticParameters",
     "Mechanisms",
     "Model",

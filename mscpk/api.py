@@ -8,6 +8,7 @@ import numpy as np
 
 from ._validation import check_positive
 from .dosing.regimen import Regimen
+from .host.host import Host
 from .mechanisms.switches import Mechanisms
 from .model.model import Model
 from .model.parameters import KineticParameters
@@ -33,7 +34,7 @@ def default_times(t_end_h: float, n: int = 241) -> np.ndarray:
 
 
 def build_model(
-    species="mouse", product="bm_msc", parameters=None, n_size_classes: int = 5, mechanisms=None
+    species="mouse", product="bm_msc", parameters=None, n_size_classes: int = 5, mechanisms=None, host=None
 ) -> Model:
     """Assemble a :class:`~mscpk.model.Model` from names or objects.
 
@@ -59,7 +60,10 @@ def build_model(
     mechanisms = Mechanisms() if mechanisms is None else mechanisms
     if not isinstance(mechanisms, Mechanisms):
         raise TypeError(f"mechanisms: expected a Mechanisms, got {type(mechanisms).__name__}")
-    return Model(species, product, parameters, n_size_classes, mechanisms)
+    host = Host() if host is None else host
+    if not isinstance(host, Host):
+        raise TypeError(f"host: expected a Host, got {type(host).__name__}")
+    return Model(species, product, parameters, n_size_classes, mechanisms, host)
 
 
 def simulate(
@@ -76,6 +80,7 @@ def simulate(
     solver: SolverConfig | None = None,
     n_size_classes: int = 5,
     mechanisms: Mechanisms | None = None,
+    host: Host | None = None,
 ) -> SimulationResult:
     """Simulate a cell product given to a species and return a :class:`SimulationResult`.
 
@@ -92,6 +97,7 @@ def simulate(
     - ``solver``: a :class:`~mscpk.SolverConfig`.
     - ``n_size_classes``: diameter classes resolving the product's size distribution.
     - ``mechanisms``: :class:`~mscpk.Mechanisms` switches (default: all on).
+    - ``host``: a :class:`~mscpk.Host` (default: immunocompetent, uninjured, 1 g).
 
     Raises ``ValueError``/``TypeError`` on bad input and :class:`SolveError` if a solve fails.
     """
@@ -113,7 +119,7 @@ def simulate(
         raise TypeError(f"regimen: expected a Regimen, got {type(regimen).__name__}")
     regimen.check_horizon(t_end_h)
     times = default_times(t_end_h) if times_h is None else _check_times(times_h, t_end_h)
-    model = build_model(species, product, parameters, n_size_classes, mechanisms)
+    model = build_model(species, product, parameters, n_size_classes, mechanisms, host)
     solver = SolverConfig() if solver is None else solver
     sol = _solve_jit(model, regimen.table(), jnp.asarray(times), t_end_h, solver)
     if not bool(sol.success):

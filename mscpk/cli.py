@@ -9,11 +9,33 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tomllib
 
+from .host.host import GRAVITY, IMMUNE_STATUS
 from .model.layout import ORGANS
 from .physiology.species import SPECIES
-from .product.cell_product import presets
+from .product.cell_product import DONORS, PREPARATIONS, presets
 from .routes import ROUTES
+
+#: Options a scenario file may set (same names as the command-line options, with
+#: dashes or underscores).
+SCENARIO_KEYS = (
+    "species",
+    "product",
+    "route",
+    "cells",
+    "hours",
+    "infusion_min",
+    "repeat_every_h",
+    "prep",
+    "rescue_h",
+    "tf_positive",
+    "heparin_iu_per_kg",
+    "donor",
+    "host_immunity",
+    "gravity",
+    "injury",
+)
 
 SUMMARY_TIMES_H = (0.25, 1.0, 4.0, 24.0, 72.0)
 
@@ -30,6 +52,16 @@ def _number(name: str, *, allow_zero: bool):
         ok = value >= 0 if allow_zero else value > 0
         if not ok or value == float("inf"):
             raise argparse.ArgumentTypeError(f"{name}: must be a finite number {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _fraction(name):
+    def parse(text):
+        value = _number(name, allow_zero=True)(text)
+        if value > 1:
+            raise argparse.ArgumentTypeError(f"{name}: must lie in [0, 1], got {text!r}")
         return value
 
     return parse
@@ -65,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--cells",
         type=_nonnegative_float("--cells"),
-        required=True,
-        help="number of cells per dose, e.g. 2e6",
+        default=None,
+        help="number of cells per dose, e.g. 2e6 (required here or in --scenario)",
     )
     sim.add_argument(
         "--hours",
@@ -85,6 +117,43 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float("--repeat-every-h"),
         default=None,
         help="repeat the dose every this many hours within --hours (default: one dose)",
+    )
+    sim.add_argument("--prep", choices=PREPARATIONS, default=None, help="preparation state (default: fresh)")
+    sim.add_argument(
+        "--rescue-h",
+        type=_positive_float("--rescue-h"),
+        default=None,
+        help="hours of culture rescue after thawing (--prep rescued)",
+    )
+    sim.add_argument(
+        "--tf-positive",
+        type=_fraction("--tf-positive"),
+        default=None,
+        help="tissue-factor (CD142) positive fraction, 0-1 (default: preset)",
+    )
+    sim.add_argument(
+        "--heparin-iu-per-kg",
+        type=_nonnegative_float("--heparin-iu-per-kg"),
+        default=None,
+        help="systemic heparin (IU/kg, default 0)",
+    )
+    sim.add_argument(
+        "--donor", choices=DONORS, default=None, help="donor match to the host (default: syngeneic)"
+    )
+    sim.add_argument(
+        "--host-immunity", choices=IMMUNE_STATUS, default=None, help="host immune status (default: competent)"
+    )
+    sim.add_argument("--gravity", choices=GRAVITY, default=None, help="gravity level (default: 1g)")
+    sim.add_argument(
+        "--injury",
+        default=None,
+        metavar="TISSUE:LEVEL",
+        help=f"injured organ and level, e.g. kidneys:1 (organs: {', '.join(ORGANS)})",
+    )
+    sim.add_argument(
+        "--scenario",
+        default=None,
+        help="TOML file with any of these options (command-line options given explicitly win), for reproducible runs",
     )
     sim.add_argument("--out", required=True, help="path of the tidy CSV to write")
     sim.add_argument("--plot", default=None, help="optional path of a PNG figure of viable cells per organ")
@@ -109,21 +178,83 @@ def _regimen(args):
     return Regimen([Dose(t, args.cells, args.route, infusion_h) for t in starts])
 
 
+def apply_scenario(args, parser) -> None:
+    """Fill options not given on the command line from ``--scenario`` (a TOML file)."""
+    if args.scenario is None:
+        return
+    try:
+        with open(args.scenario, "rb") as f:
+            scenario = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"--scenario: cannot read {args.scenario!r}: {err}") from None
+    defaults = {a.dest: a.default for a in parser._subparsers._group_actions[0].choices["simulate"]._actions}
+    types = {a.dest: a.type for a in parser._subparsers._group_actions[0].choices["simulate"]._actions}
+    for key, value in scenario.items():
+        dest = key.replace("-", "_")
+        if dest not in SCENARIO_KEYS:
+            raise ValueError(f"--scenario: unknown key {key!r}; allowed: {', '.join(SCENARIO_KEYS)}")
+        if getattr(args, dest) == defaults.get(dest):
+            convert = types.get(dest)
+            setattr(args, dest, convert(str(value)) if convert else value)
+
+
+def _product(args):
+    from .product.cell_product import cell_product
+
+    overrides = {}
+    if args.prep is not None:
+        overrides["preparation"] = args.prep
+    if args.rescue_h is not None:
+        overrides["rescue_h"] = args.rescue_h
+    if args.tf_positive is not None:
+        overrides["tf_positive_fraction"] = args.tf_positive
+    if args.donor is not None:
+        overrides["donor"] = args.donor
+    return cell_product(args.product, **overrides)
+
+
+def _host(args):
+    from .host.host import Host
+
+    injury_organ, injury_level = None, 0.0
+    if args.injury:
+        organ, sep, level = args.injury.partition(":")
+        try:
+            injury_level = float(level) if sep else 1.0
+        except ValueError:
+            raise ValueError(
+                f"--injury: expected TISSUE:LEVEL such as kidneys:1, got {args.injury!r}"
+            ) from None
+        injury_organ = organ.strip()
+    return Host(
+        immune_status=args.host_immunity or "competent",
+        injury_organ=injury_organ,
+        injury_level=injury_level,
+        heparin_iu_per_kg=args.heparin_iu_per_kg or 0.0,
+        gravity=args.gravity or "1g",
+    )
+
+
 def cmd_simulate(args) -> int:
     from .api import simulate
 
+    if args.cells is None:
+        raise ValueError("--cells: required (on the command line or in --scenario)")
     regimen = _regimen(args)
     organs = [o.strip() for o in args.organs.split(",") if o.strip()]
-    result = simulate(args.species, args.product, regimen, t_end_h=args.hours)
+    result = simulate(args.species, _product(args), regimen, t_end_h=args.hours, host=_host(args))
     result.to_csv(args.out)
     table = result.summary(SUMMARY_TIMES_H, organs=organs)
     print(
         f"mscpk: {args.species}, {args.product}, {args.route}, {len(regimen)} dose(s) of {args.cells:g} cells"
         + (f" over {args.infusion_min:g} min" if args.infusion_min else " (bolus)")
     )
+    tat_peak = result.observations["tat"][:, 0].max()
+    il10_peak = result.observations["il10"][:, 0].max()
     print("viable cells, % of total dose:")
     print(table.to_string(float_format=lambda v: f"{v:9.3f}"))
     balance = result.mass_balance()
+    print(f"peak plasma TAT {tat_peak:.3g} ng/mL, peak IL-10 {il10_peak:.3g} pg/mL (above baseline)")
     print(f"mass balance (max relative error): {max(balance.values()):.1e}")
     print(f"wrote {args.out}")
     if args.plot:
@@ -137,6 +268,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "simulate":
+            apply_scenario(args, parser)
             return cmd_simulate(args)
     except (ValueError, TypeError) as err:
         print(f"mscpk: error: {err}", file=sys.stderr)

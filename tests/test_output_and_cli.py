@@ -122,3 +122,29 @@ def test_cli_help_explains_every_option():
         "--plot",
     ):
         assert option in text
+
+
+def test_cli_mechanism_options_and_scenario_file(tmp_path, capsys):
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(
+        'species = "mouse"\ncells = 1e6\nhours = 24\nprep = "thawed"\ntf-positive = 0.6\n'
+        'heparin_iu_per_kg = 0\ndonor = "allogeneic"\ngravity = "micro"\ninjury = "kidneys:1.5"\n'
+    )
+    out = tmp_path / "s.csv"
+    assert main(["simulate", "--scenario", str(scenario), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "peak plasma TAT" in text
+    df = pd.read_csv(out)
+    tat_scenario = df[df.quantity == "tat"].value.max()
+    # The command line wins over the scenario: heparin lowers the TAT peak.
+    out2 = tmp_path / "h.csv"
+    assert (
+        main(["simulate", "--scenario", str(scenario), "--heparin-iu-per-kg", "500", "--out", str(out2)]) == 0
+    )
+    assert pd.read_csv(out2).query("quantity == 'tat'").value.max() < tat_scenario
+    bad = tmp_path / "bad.toml"
+    bad.write_text("cels = 5\n")
+    assert main(["simulate", "--scenario", str(bad), "--out", str(out)]) == 2
+    assert "unknown key 'cels'" in capsys.readouterr().err
+    assert main(["simulate", "--cells", "1e6", "--injury", "kidney:1", "--out", str(out)]) == 2
+    assert "Host.injury_organ: unknown value 'kidney'" in capsys.readouterr().err

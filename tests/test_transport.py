@@ -86,7 +86,7 @@ def dynamic_blood_reference(model, t):
 def test_quasi_steady_circulation_matches_dynamic_blood(species, product):
     """Beyond a few blood residence times, the quasi-steady model equals a model with
     explicit (seconds-fast) venous and arterial blood."""
-    model = mscpk.build_model(species, product)
+    model = mscpk.build_model(species, product, mechanisms=mscpk.Mechanisms.none())
     residence = float(model.blood_residence_h().max())  # seconds to minutes
     assert residence < 0.1
     t = max(0.5, 20 * residence)

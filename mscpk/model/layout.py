@@ -79,14 +79,23 @@ COMPARTMENT_POOLS: tuple[str, ...] = (
     "engulfed",
     "label_engulfed",
 )
-SCALARS: tuple[str, ...] = ("cells_cleared", "dna_degraded", "label_eliminated", "il10")
+SCALARS: tuple[str, ...] = (
+    "cells_cleared",
+    "dna_degraded",
+    "label_eliminated",
+    "il10",
+    "tat",
+    "immune_effector",
+    "immune_memory",
+)
 
 
 class State(NamedTuple):
     """Named views of the flat state vector.
 
     Amounts are cells or cell-equivalents (DNA, label) except ``il10`` (plasma IL-10,
-    pg/mL). ``engulfed`` are dead cells inside phagocytes (with their DNA), before
+    pg/mL), ``tat`` (plasma thrombin-antithrombin, ng/mL above baseline) and the
+    dimensionless alloimmune ``immune_effector`` and ``immune_memory`` levels (0-1). ``engulfed`` are dead cells inside phagocytes (with their DNA), before
     digestion; ``label_engulfed`` their label. ``cells_cleared``, ``dna_degraded`` and
     ``label_eliminated`` are cumulative.
     """
@@ -103,6 +112,9 @@ class State(NamedTuple):
     dna_degraded: Float[Array, ""]
     label_eliminated: Float[Array, ""]
     il10: Float[Array, ""]
+    tat: Float[Array, ""]
+    immune_effector: Float[Array, ""]
+    immune_memory: Float[Array, ""]
 
 
 assert State._fields == SIZE_RESOLVED_POOLS + COMPARTMENT_POOLS + SCALARS

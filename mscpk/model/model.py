@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ..host.host import Host
 from ..mechanisms.switches import Mechanisms
 from ..physiology.species import Species
 from ..product.cell_product import CellProduct
@@ -53,6 +54,7 @@ class Observed(NamedTuple):
     label_engulfed: Float[Array, "... C"]
     label_eliminated: Float[Array, "..."]
     il10: Float[Array, "..."]
+    tat: Float[Array, "..."]
 
 
 class Transport(NamedTuple):
@@ -76,6 +78,7 @@ class Model(eqx.Module):
       (static; default 5).
     - ``mechanisms``: :class:`~mscpk.mechanisms.Mechanisms` switches (default: all on;
       ``Mechanisms.none()`` is the core model).
+    - ``host``: :class:`~mscpk.Host` (immune status, injury, heparin, gravity).
     """
 
     species: Species
@@ -83,6 +86,7 @@ class Model(eqx.Module):
     parameters: KineticParameters
     n_size_classes: int = eqx.field(static=True, default=5)
     mechanisms: Mechanisms = Mechanisms()
+    host: Host = Host()
 
     def __check_init__(self):
         if not isinstance(self.n_size_classes, int) or self.n_size_classes < 1:
@@ -118,7 +122,10 @@ class Model(eqx.Module):
         size_part = size_extraction(
             diameters, self.species.capillary_diameter_um, p.critical_diameter_ratio, p.arrest_steepness
         )
-        return first_pass_extraction(size_part, p.adhesion_extraction)
+        adhesion = p.adhesion_extraction
+        if self.mechanisms.injury_homing and self.host.injury_organ is not None:
+            adhesion = 1.0 - (1.0 - adhesion) * jnp.exp(-p.homing_strength * self.host.injury_mask())
+        return first_pass_extraction(size_part, adhesion)
 
     def transport(self) -> Transport:
         """State-independent transport quantities (computed once per solve)."""
@@ -170,6 +177,9 @@ class Model(eqx.Module):
         x = unpack(y, self.n_size_classes)
         r = self.rates
         death, clear, dest = self._clearance()
+        strength = self.alloimmune_strength(r)
+        if strength is not None:  # anti-donor effectors kill arrested donor cells
+            death = death + r.alloimmune_kill_rate_per_h * strength * x.immune_effector
         leak = r.label_leak_rate_per_h
         released = r.release_rate_per_h[None, :] * x.viable  # (S, O)
         released_l = r.release_rate_per_h[None, :] * x.label_viable
@@ -220,6 +230,7 @@ class Model(eqx.Module):
                 + label_lost * (1.0 - tr.label_dead_share),
                 il10=r.il10_yield_pg_per_cell * engulf.sum() / plasma_ml
                 - r.il10_clearance_rate_per_h * x.il10,
+                **self._signals(r, x, strength),
             )
         else:
             cleared = clear * x.dead
@@ -239,8 +250,23 @@ class Model(eqx.Module):
                 + r.label_residual_loss_rate_per_h * x.label_residual.sum()
                 + label_lost * (1.0 - tr.label_dead_share),
                 il10=jnp.zeros(()),
+                **self._signals(r, x, strength),
             )
         return pack(dx)
+
+    def _signals(self, r: KineticParameters, x: State, strength) -> dict:
+        """Right-hand side of TAT and of the alloimmune effector and memory levels."""
+        zero = jnp.zeros(())
+        out = dict(tat=-r.tat_clearance_rate_per_h * x.tat, immune_effector=zero, immune_memory=zero)
+        if strength is not None:
+            donor_cells = x.viable.sum() + x.dead.sum() + x.engulfed.sum()
+            half = r.antigen_half_cells_per_g * self.species.body_weight_g
+            antigen = donor_cells / (donor_cells + half)
+            z, m = x.immune_effector, x.immune_memory
+            activation = r.alloimmune_activation_rate_per_h * (1.0 + r.alloimmune_memory_boost * m)
+            out["immune_effector"] = activation * antigen * (1.0 - z) - r.alloimmune_decay_rate_per_h * z
+            out["immune_memory"] = r.alloimmune_memory_rate_per_h * z * (1.0 - m)
+        return out
 
     def _migration(self, rate) -> Float[Array, "C C"]:
         """Generator moving phagocyte contents out of the lung to liver and spleen."""
@@ -276,7 +302,61 @@ class Model(eqx.Module):
         )
         return direct + to_pool[:, None] * fates.pool, to_pool * fates.pool_dead, to_pool
 
-    def dose_vector(self, entry_distribution: Float[Array, " C"]) -> Float[Array, " n"]:
+    def cryo_injury(self) -> Float[Array, ""]:
+        """The product's cryo-injury index (0 with the preparation mechanism off)."""
+        if not self.mechanisms.preparation:
+            return jnp.zeros(())
+        return self.product.cryo_injury(self.parameters.cryo_recovery_time_h)
+
+    def procoagulant_activity(self) -> Float[Array, ""]:
+        """Procoagulant (IBMIR-driving) activity of the product in this host.
+
+        ``ln(1 + TF+/TF_ref)`` (clotting time falls with log TF, George et al. 2020),
+        times the cryo-injury factor (phosphatidylserine exposure after thawing), times
+        the microgravity coagulation multiplier, divided by ``1 + heparin/heparin_half``.
+        """
+        p = self.parameters
+        activity = jnp.log1p(self.product.tf_positive_fraction / p.tf_reference_fraction)
+        activity = activity * (1.0 + (p.cryo_death_multiplier - 1.0) * self.cryo_injury())
+        if self.host.gravity == "micro":
+            activity = activity * p.microgravity_coagulation_multiplier
+        return activity / (1.0 + self.host.heparin_iu_per_kg / p.heparin_half_iu_per_kg)
+
+    def ibmir_kill_fraction(self, concentration_cells_per_ml) -> Float[Array, ""]:
+        """Fraction of viable cells entering venous blood destroyed by IBMIR.
+
+        Saturating in activity and consumption-limited in the concentration of incoming
+        cells (cells per mL of blood passing the injection site).
+        """
+        if not self.mechanisms.ibmir:
+            return jnp.zeros(())
+        p = self.parameters
+        a = self.procoagulant_activity()
+        saturation = 1.0 / (1.0 + concentration_cells_per_ml / p.ibmir_saturation_cells_per_ml)
+        return p.ibmir_max_kill_fraction * a / (a + p.ibmir_half_activity) * saturation
+
+    def entry_concentration(self, cells, duration_h) -> Float[Array, ""]:
+        """Incoming cells per mL of blood: a bolus mixes into blood volume, an infusion
+        into the cardiac output passing by."""
+        sp = self.species
+        bolus = cells / sp.blood_volume_ml
+        rate = cells / jnp.where(duration_h > 0, duration_h, 1.0)
+        return jnp.where(duration_h > 0, rate / sp.cardiac_output_ml_per_h, bolus)
+
+    def alloimmune_strength(self, p: KineticParameters):
+        """Relative strength of the anti-donor response (static zero when none)."""
+        if not self.mechanisms.alloimmunity:
+            return None
+        donor = self.product.donor
+        status = self.host.immune_status
+        if donor in ("autologous", "syngeneic") or status == "nsg":
+            return None
+        mismatch = p.hla_matched_response_fraction if donor == "hla_matched" else 1.0
+        host = p.athymic_response_fraction if status == "athymic" else 1.0
+        lysis = 1.0 + (p.cryo_death_multiplier - 1.0) * self.cryo_injury()
+        return mismatch * host * (1.0 - self.host.immunosuppression) * lysis
+
+    def dose_vector(self, entry_distribution: Float[Array, " C"], concentration=0.0) -> Float[Array, " n"]:
         """State increment per administered cell entering with ``entry_distribution``.
 
         Viable cells split over diameter classes by quadrature weight and are placed at
@@ -287,18 +367,33 @@ class Model(eqx.Module):
         v = self.product.viability
         tr = self.transport()
         e = self.extraction()
-        organs, blood_dead, _ = self._arrival(tr.cells, e, entry_distribution)
-        organs_l, blood_lost_l, _ = self._arrival(tr.label, e, entry_distribution)
+        # IBMIR destroys part of the viable cells entering venous blood.
+        kill = self.ibmir_kill_fraction(concentration)
+        killed = kill * entry_distribution[BLOOD]
+        surviving = entry_distribution.at[BLOOD].multiply(1.0 - kill)
+        thrombus = self.parameters.ibmir_thrombus_fraction
+        lung_c = N_BLOOD + ORGANS.index("lung")
+        ibmir_dead = (
+            v * killed * jnp.zeros(N_COMPARTMENTS).at[lung_c].set(thrombus).at[BLOOD].add(1.0 - thrombus)
+        )
+        organs, blood_dead, _ = self._arrival(tr.cells, e, surviving)
+        organs_l, blood_lost_l, _ = self._arrival(tr.label, e, surviving)
         w = v * weights  # (S,)
         viable = w[:, None] * organs
         label_viable = w[:, None] * organs_l
-        dead = (1.0 - v) * entry_distribution + jnp.zeros(N_COMPARTMENTS).at[BLOOD].set(
-            jnp.sum(w * blood_dead)
+        dead = (
+            (1.0 - v) * entry_distribution
+            + ibmir_dead
+            + jnp.zeros(N_COMPARTMENTS).at[BLOOD].set(jnp.sum(w * blood_dead))
         )
         lost_l = jnp.sum(w * blood_lost_l)
-        label_dead = (1.0 - v) * entry_distribution + jnp.zeros(N_COMPARTMENTS).at[BLOOD].set(
-            lost_l * tr.label_dead_share
+        label_dead = (
+            (1.0 - v) * entry_distribution
+            + ibmir_dead
+            + jnp.zeros(N_COMPARTMENTS).at[BLOOD].set(lost_l * tr.label_dead_share)
         )
+        plasma_ml = self.species.blood_volume_ml * (1.0 - self.species.haematocrit)
+        tat = self.parameters.tat_yield_ng_per_cell * v * killed / plasma_ml
         zero_c, zero = jnp.zeros(N_COMPARTMENTS), jnp.zeros(())
         return pack(
             State(
@@ -314,13 +409,19 @@ class Model(eqx.Module):
                 dna_degraded=zero,
                 label_eliminated=lost_l * (1.0 - tr.label_dead_share),
                 il10=zero,
+                tat=tat,
+                immune_effector=zero,
+                immune_memory=zero,
             )
         )
 
-    def blood_input_per_cell(self, entry_distribution: Float[Array, " C"]) -> Float[Array, " S"]:
+    def blood_input_per_cell(
+        self, entry_distribution: Float[Array, " C"], concentration=0.0
+    ) -> Float[Array, " S"]:
         """Viable cells per administered cell that reach venous blood, per class."""
         _, weights = self.size_classes()
-        _, _, to_pool = self._arrival(self.transport().cells, self.extraction(), entry_distribution)
+        surviving = entry_distribution.at[BLOOD].multiply(1.0 - self.ibmir_kill_fraction(concentration))
+        _, _, to_pool = self._arrival(self.transport().cells, self.extraction(), surviving)
         return self.product.viability * weights * to_pool
 
     # ----------------------------------------------------------------- observation
@@ -354,6 +455,7 @@ class Model(eqx.Module):
             x.label_engulfed,
             x.label_eliminated,
             x.il10,
+            x.tat,
         )
 
     # ----------------------------------------------------------------- invariants

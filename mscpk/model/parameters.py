@@ -29,7 +29,14 @@ PER_ORGAN: tuple[str, ...] = (
     "death_rate_per_h",
 )
 #: Fractions (must lie in [0, 1]); all other parameters must be > 0 (rates may be 0).
-FRACTIONS: tuple[str, ...] = ("adhesion_extraction", "blood_debris_to_liver_fraction")
+FRACTIONS: tuple[str, ...] = (
+    "adhesion_extraction",
+    "blood_debris_to_liver_fraction",
+    "ibmir_max_kill_fraction",
+    "ibmir_thrombus_fraction",
+    "hla_matched_response_fraction",
+    "athymic_response_fraction",
+)
 #: Rates that may be exactly 0 (a process switched off).
 MAY_BE_ZERO: tuple[str, ...] = (
     "release_rate_per_h",
@@ -40,6 +47,12 @@ MAY_BE_ZERO: tuple[str, ...] = (
     "dna_degradation_rate_per_h",
     "phagocyte_migration_rate_per_h",
     "il10_yield_pg_per_cell",
+    "tat_yield_ng_per_cell",
+    "alloimmune_decay_rate_per_h",
+    "alloimmune_memory_rate_per_h",
+    "alloimmune_memory_boost",
+    "alloimmune_kill_rate_per_h",
+    "homing_strength",
 )
 #: Clearance-type rates that scale with body weight**-1/4 from the reference mouse.
 #: Cell-intrinsic rates (death, release) are not scaled (assumption: a cell's survival
@@ -51,9 +64,10 @@ ALLOMETRIC_RATES: tuple[str, ...] = (
     "label_residual_loss_rate_per_h",
     "digestion_rate_per_h",
     "il10_clearance_rate_per_h",
+    "tat_clearance_rate_per_h",
 )
 #: Multipliers that must be >= 1.
-AT_LEAST_ONE: tuple[str, ...] = ("cryo_death_multiplier",)
+AT_LEAST_ONE: tuple[str, ...] = ("cryo_death_multiplier", "microgravity_coagulation_multiplier")
 
 
 class KineticParameters(eqx.Module):
@@ -84,6 +98,24 @@ class KineticParameters(eqx.Module):
       engulfed) to liver and spleen.
     - ``il10_yield_pg_per_cell``: IL-10 released into plasma per engulfed cell (pg).
     - ``il10_clearance_rate_per_h``: clearance of plasma IL-10.
+    - ``ibmir_max_kill_fraction``: largest fraction of entering cells destroyed by IBMIR.
+    - ``tf_reference_fraction``: TF+ fraction at which procoagulant activity is log(2).
+    - ``ibmir_half_activity``: procoagulant activity giving half the maximal kill.
+    - ``ibmir_saturation_cells_per_ml``: incoming cell concentration at which per-cell kill halves (consumption).
+    - ``heparin_half_iu_per_kg``: heparin dose halving procoagulant activity.
+    - ``ibmir_thrombus_fraction``: share of IBMIR-destroyed cells lodged in lung as thrombi.
+    - ``tat_yield_ng_per_cell``: TAT generated per destroyed cell (ng).
+    - ``tat_clearance_rate_per_h``: clearance of plasma TAT.
+    - ``microgravity_coagulation_multiplier``: procoagulant activity multiplier in microgravity (>= 1).
+    - ``alloimmune_activation_rate_per_h``: activation of anti-donor effectors under full antigen exposure.
+    - ``alloimmune_decay_rate_per_h``: waning of effectors.
+    - ``alloimmune_memory_rate_per_h``: build-up of memory while effectors are active.
+    - ``alloimmune_memory_boost``: fold faster activation with full memory.
+    - ``alloimmune_kill_rate_per_h``: killing of arrested donor cells at full effector level.
+    - ``antigen_half_cells_per_g``: donor cells per g body weight giving half-maximal antigen stimulus.
+    - ``hla_matched_response_fraction``: response to HLA-matched cells relative to allogeneic.
+    - ``athymic_response_fraction``: response in athymic hosts (NK only) relative to competent.
+    - ``homing_strength``: increase of capture in injured tissue per unit injury level.
     """
 
     critical_diameter_ratio: Float[Array, ""]
@@ -105,6 +137,24 @@ class KineticParameters(eqx.Module):
     phagocyte_migration_rate_per_h: Float[Array, ""]
     il10_yield_pg_per_cell: Float[Array, ""]
     il10_clearance_rate_per_h: Float[Array, ""]
+    ibmir_max_kill_fraction: Float[Array, ""]
+    tf_reference_fraction: Float[Array, ""]
+    ibmir_half_activity: Float[Array, ""]
+    ibmir_saturation_cells_per_ml: Float[Array, ""]
+    heparin_half_iu_per_kg: Float[Array, ""]
+    ibmir_thrombus_fraction: Float[Array, ""]
+    tat_yield_ng_per_cell: Float[Array, ""]
+    tat_clearance_rate_per_h: Float[Array, ""]
+    microgravity_coagulation_multiplier: Float[Array, ""]
+    alloimmune_activation_rate_per_h: Float[Array, ""]
+    alloimmune_decay_rate_per_h: Float[Array, ""]
+    alloimmune_memory_rate_per_h: Float[Array, ""]
+    alloimmune_memory_boost: Float[Array, ""]
+    alloimmune_kill_rate_per_h: Float[Array, ""]
+    antigen_half_cells_per_g: Float[Array, ""]
+    hla_matched_response_fraction: Float[Array, ""]
+    athymic_response_fraction: Float[Array, ""]
+    homing_strength: Float[Array, ""]
 
     def __check_init__(self):
         for name in parameter_names():

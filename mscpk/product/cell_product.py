@@ -21,6 +21,7 @@ from jaxtyping import Array, Float
 from .._validation import check_choice, check_positive, check_range, concrete
 
 PREPARATIONS: tuple[str, ...] = ("fresh", "thawed", "rescued")
+DONORS: tuple[str, ...] = ("autologous", "syngeneic", "hla_matched", "allogeneic", "xenogeneic")
 
 
 class CellProduct(eqx.Module):
@@ -36,6 +37,9 @@ class CellProduct(eqx.Module):
     - ``preparation``: ``"fresh"`` (from culture), ``"thawed"`` (given right after
       thawing) or ``"rescued"`` (thawed, then cultured for ``rescue_h`` hours) (static).
     - ``rescue_h``: hours of culture after thawing (only for ``"rescued"``, > 0).
+    - ``tf_positive_fraction``: fraction of cells expressing tissue factor (CD142), [0, 1].
+    - ``donor``: donor match to the host: ``"autologous"``, ``"syngeneic"``,
+      ``"hla_matched"``, ``"allogeneic"`` or ``"xenogeneic"`` (static).
     """
 
     name: str = eqx.field(static=True)
@@ -44,9 +48,19 @@ class CellProduct(eqx.Module):
     viability: Float[Array, ""]
     preparation: str = eqx.field(static=True)
     rescue_h: Float[Array, ""]
+    tf_positive_fraction: Float[Array, ""]
+    donor: str = eqx.field(static=True)
 
     def __init__(
-        self, name: str, diameter_mean_um, diameter_sd_um, viability, preparation: str = "fresh", rescue_h=0.0
+        self,
+        name: str,
+        diameter_mean_um,
+        diameter_sd_um,
+        viability,
+        preparation: str = "fresh",
+        rescue_h=0.0,
+        tf_positive_fraction=0.0,
+        donor: str = "syngeneic",
     ):
         if not isinstance(name, str):
             raise TypeError(f"CellProduct.name: expected a str, got {type(name).__name__}")
@@ -56,12 +70,15 @@ class CellProduct(eqx.Module):
         self.viability = jnp.asarray(viability, dtype=float)
         self.preparation = check_choice("CellProduct.preparation", preparation, PREPARATIONS)
         self.rescue_h = jnp.asarray(rescue_h, dtype=float)
+        self.tf_positive_fraction = jnp.asarray(tf_positive_fraction, dtype=float)
+        self.donor = check_choice("CellProduct.donor", donor, DONORS)
 
     def __check_init__(self):
         check_range("CellProduct.diameter_mean_um", self.diameter_mean_um, 1.0, 500.0)
         check_positive("CellProduct.diameter_sd_um", self.diameter_sd_um, allow_zero=True)
         check_range("CellProduct.viability", self.viability, 0.0, 1.0)
         check_positive("CellProduct.rescue_h", self.rescue_h, allow_zero=True)
+        check_range("CellProduct.tf_positive_fraction", self.tf_positive_fraction, 0.0, 1.0)
         rescue = concrete(self.rescue_h)
         if rescue is not None:
             if self.preparation == "rescued" and not float(rescue) > 0:
@@ -105,6 +122,8 @@ class CellProduct(eqx.Module):
             viability=self.viability,
             preparation=self.preparation,
             rescue_h=self.rescue_h,
+            tf_positive_fraction=self.tf_positive_fraction,
+            donor=self.donor,
         )
         unknown = set(changes) - set(fields)
         if unknown:
@@ -147,8 +166,9 @@ def cell_product(name: str, **overrides) -> CellProduct:
         diameter_mean_um=float(rows["diameter_mean_um"]),
         diameter_sd_um=float(rows["diameter_sd_um"]),
         viability=float(rows["viability"]),
+        tf_positive_fraction=float(rows["tf_positive_fraction"]),
     )
-    allowed = set(fields) | {"preparation", "rescue_h"}
+    allowed = set(fields) | {"preparation", "rescue_h", "donor"}
     unknown = set(overrides) - allowed
     if unknown:
         raise ValueError(f"cell_product: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")

@@ -25,6 +25,14 @@ from ..model.model import Model
 SOLVERS = ("tsit5", "kvaerno5")
 
 
+def max_norm(tree) -> Float[Array, ""]:
+    """Infinity norm of the scaled error: every state component is held to its own
+    tolerance, however many (zero) pools of switched-off mechanisms the state carries
+    (an RMS norm would loosen the control as pools are added)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in leaves]))
+
+
 class SolverConfig(eqx.Module):
     """Numerical settings (all static).
 
@@ -74,8 +82,9 @@ class Solution(eqx.Module):
 def event_schedule(table: DoseTable, model: Model, t_end_h):
     """Sorted events with the state jump each applies, and segment boundaries."""
     entry = table.entry_distribution  # (N, C)
-    per_cell = jax.vmap(model.dose_vector)(entry)  # (N, n)
-    to_blood = jax.vmap(model.blood_input_per_cell)(entry)  # (N, S)
+    concentration = jax.vmap(model.entry_concentration)(table.cells, table.duration_h)  # (N,)
+    per_cell = jax.vmap(model.dose_vector)(entry, concentration)  # (N, n)
+    to_blood = jax.vmap(model.blood_input_per_cell)(entry, concentration)  # (N, S)
     is_bolus = table.duration_h <= 0.0
     start_jump = jnp.where(is_bolus[:, None], table.cells[:, None] * per_cell, 0.0)
     times = jnp.concatenate([table.time_h, table.time_h + table.duration_h])
@@ -114,7 +123,7 @@ def solve(
     dose_scale = jnp.maximum(jnp.sum(table.cells), 1.0)
     term = diffrax.ODETerm(lambda t, y, u: model.vector_field_from(transport, y) + u)
     solver = config.make_solver()
-    controller = diffrax.PIDController(rtol=config.rtol, atol=config.atol * dose_scale)
+    controller = diffrax.PIDController(rtol=config.rtol, atol=config.atol * dose_scale, norm=max_norm)
     n_seg = bounds.shape[0] - 1
     last = jnp.arange(n_seg) == n_seg - 1
 
