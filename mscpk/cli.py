@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="repeat the dose every this many hours within --hours (default: one dose)",
     )
+    sim.add_argument(
+        "--device",
+        choices=("syringe", "bag"),
+        default=None,
+        help="infusion device in which cells settle during --infusion-min (default: none considered)",
+    )
     sim.add_argument("--prep", choices=PREPARATIONS, default=None, help="preparation state (default: fresh)")
     sim.add_argument(
         "--rescue-h",
@@ -175,7 +181,7 @@ def _regimen(args):
         while t + (infusion_h or 0.0) <= args.hours:
             starts.append(t)
             t += args.repeat_every_h
-    return Regimen([Dose(t, args.cells, args.route, infusion_h) for t in starts])
+    return Regimen([Dose(t, args.cells, args.route, infusion_h, args.device) for t in starts])
 
 
 def apply_scenario(args, parser) -> None:

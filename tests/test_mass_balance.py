@@ -15,7 +15,7 @@ REGIMENS = {
             mscpk.Dose(0.0, 1e6),
             mscpk.Dose(6.0, 5e5, infusion_h=1.5),
             mscpk.Dose(6.5, 2e5),  # bolus during a running infusion
-            mscpk.Dose(30.0, 1e6, infusion_h=0.25),
+            mscpk.Dose(30.0, 1e6, infusion_h=0.25, device="bag"),
             mscpk.Dose(30.0, 3e5),  # same start time as the infusion
         ]
     ),

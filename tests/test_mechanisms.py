@@ -223,3 +223,30 @@ def test_gradients_with_all_mechanisms_on():
     assert big.sum() >= 25
     rel = np.abs(g[big] - fd[big]) / np.abs(fd[big])
     assert rel.max() <= 1e-4, rel.max()
+
+
+# ----------------------------------------------------------------------------- infusion device
+def _delivered(gravity, device="bag", product="bm_msc", hours=1.0):
+    regimen = mscpk.Regimen([mscpk.Dose(0.0, 1e6, infusion_h=hours, device=device)])
+    r = mscpk.simulate(
+        "human", product, regimen, t_end_h=2.0, times_h=[2.0], host=mscpk.Host(gravity=gravity)
+    )
+    state = mscpk.model.layout.unpack(jnp.asarray(r.states[-1]), 5)
+    assert max(r.mass_balance().values()) <= 1e-9
+    return 1.0 - float(state.device_retained) / 1e6
+
+
+def test_microgravity_bag_infusion_delivers_more_of_the_loaded_cells():
+    one_g, micro = _delivered("1g"), _delivered("micro")
+    assert micro > one_g
+    assert micro == pytest.approx(1.0, abs=1e-12)  # nothing settles in microgravity
+    assert 0.3 < one_g < 0.95
+
+
+def test_settling_grows_with_cell_size_and_infusion_time():
+    assert _delivered("1g", product="bm_mnc") > _delivered("1g", product="bm_msc")
+    assert _delivered("1g", hours=0.25) > _delivered("1g", hours=1.0)
+    model = mscpk.build_model("human", "bm_msc")
+    per_class = np.asarray(model.device_delivery(1.0, 30.0))
+    assert np.all(np.diff(per_class) < 0)  # larger classes are retained more
+    assert np.allclose(np.asarray(model.device_delivery(0.0, 30.0)), 1.0)  # bolus: no settling

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .._validation import check_choice
 from ..model.layout import N_COMPARTMENTS
 from ..routes.base import AbstractRoute
 from ..routes.base import route as make_route
@@ -30,6 +31,12 @@ def _number(field: str, value) -> float:
     return value
 
 
+#: Depth of the cell suspension the cells settle through (mm). Assumptions: a syringe
+#: lying horizontally in a pump (20-60 mL syringes have 20-27 mm inner diameter; 20 mm
+#: taken) and an infusion bag lying flat (about 30 mm of fluid).
+DEVICE_DEPTH_MM: dict[str, float] = {"syringe": 20.0, "bag": 30.0}
+
+
 @dataclass(frozen=True)
 class Dose:
     """One administration.
@@ -41,12 +48,15 @@ class Dose:
     - ``route``: route name (see :data:`mscpk.routes.ROUTES`) or an
       :class:`~mscpk.routes.AbstractRoute`.
     - ``infusion_h``: infusion duration (h, > 0); ``None`` for a bolus.
+    - ``device``: ``None`` (no settling considered), ``"syringe"`` or ``"bag"``: cells
+      settle in the device during an infusion (see :meth:`mscpk.Model.device_delivery`).
     """
 
     time_h: float
     cells: float
     route: str | AbstractRoute = "iv"
     infusion_h: float | None = None
+    device: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "time_h", _number("Dose.time_h", self.time_h))
@@ -63,6 +73,10 @@ class Dose:
                 )
             object.__setattr__(self, "infusion_h", duration)
         object.__setattr__(self, "route", make_route(self.route))
+        if self.device is not None:
+            object.__setattr__(
+                self, "device", check_choice("Dose.device", self.device, tuple(DEVICE_DEPTH_MM))
+            )
 
     @property
     def end_h(self) -> float:
@@ -76,6 +90,7 @@ class DoseTable(eqx.Module):
     cells: Float[Array, " N"]
     duration_h: Float[Array, " N"]
     entry_distribution: Float[Array, "N C"]
+    device_depth_mm: Float[Array, " N"]
 
 
 class Regimen:
@@ -143,4 +158,7 @@ class Regimen:
             cells=jnp.asarray([d.cells for d in self.doses] + [0.0] * pad),
             duration_h=jnp.asarray([d.infusion_h or 0.0 for d in self.doses] + [0.0] * pad),
             entry_distribution=jnp.asarray(entry),
+            device_depth_mm=jnp.asarray(
+                [DEVICE_DEPTH_MM[d.device] if d.device else 0.0 for d in self.doses] + [0.0] * pad
+            ),
         )

@@ -87,6 +87,7 @@ SCALARS: tuple[str, ...] = (
     "tat",
     "immune_effector",
     "immune_memory",
+    "device_retained",
 )
 
 
@@ -95,7 +96,9 @@ class State(NamedTuple):
 
     Amounts are cells or cell-equivalents (DNA, label) except ``il10`` (plasma IL-10,
     pg/mL), ``tat`` (plasma thrombin-antithrombin, ng/mL above baseline) and the
-    dimensionless alloimmune ``immune_effector`` and ``immune_memory`` levels (0-1). ``engulfed`` are dead cells inside phagocytes (with their DNA), before
+    dimensionless alloimmune ``immune_effector`` and ``immune_memory`` levels (0-1).
+    ``device_retained`` counts cells (with their DNA and label) that settled in the
+    infusion device and were never delivered. ``engulfed`` are dead cells inside phagocytes (with their DNA), before
     digestion; ``label_engulfed`` their label. ``cells_cleared``, ``dna_degraded`` and
     ``label_eliminated`` are cumulative.
     """
@@ -115,6 +118,7 @@ class State(NamedTuple):
     tat: Float[Array, ""]
     immune_effector: Float[Array, ""]
     immune_memory: Float[Array, ""]
+    device_retained: Float[Array, ""]
 
 
 assert State._fields == SIZE_RESOLVED_POOLS + COMPARTMENT_POOLS + SCALARS

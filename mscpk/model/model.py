@@ -257,7 +257,12 @@ class Model(eqx.Module):
     def _signals(self, r: KineticParameters, x: State, strength) -> dict:
         """Right-hand side of TAT and of the alloimmune effector and memory levels."""
         zero = jnp.zeros(())
-        out = dict(tat=-r.tat_clearance_rate_per_h * x.tat, immune_effector=zero, immune_memory=zero)
+        out = dict(
+            tat=-r.tat_clearance_rate_per_h * x.tat,
+            immune_effector=zero,
+            immune_memory=zero,
+            device_retained=zero,
+        )
         if strength is not None:
             donor_cells = x.viable.sum() + x.dead.sum() + x.engulfed.sum()
             half = r.antigen_half_cells_per_g * self.species.body_weight_g
@@ -356,14 +361,40 @@ class Model(eqx.Module):
         lysis = 1.0 + (p.cryo_death_multiplier - 1.0) * self.cryo_injury()
         return mismatch * host * (1.0 - self.host.immunosuppression) * lysis
 
-    def dose_vector(self, entry_distribution: Float[Array, " C"], concentration=0.0) -> Float[Array, " n"]:
+    def device_delivery(self, duration_h, depth_mm) -> Float[Array, " S"]:
+        """Fraction of each diameter class delivered from a syringe or bag.
+
+        Cells settle through the suspension depth at the Stokes velocity
+        :math:`v = \Delta\rho\, g\, d^2 / (18 \mu)`; over an infusion of duration
+        :math:`T` the mean fraction still suspended is :math:`1 - r/2` for
+        :math:`r = vT/H \le 1`, else :math:`1/(2r)`. Settled cells are delivered except
+        a retained share. No settling in microgravity, for a bolus or without a device.
+        """
+        p = self.parameters
+        diameters, _ = self.size_classes()
+        g = 9.81 if self.host.gravity == "1g" else 0.0
+        delta_rho = (p.cell_density_g_per_ml - p.medium_density_g_per_ml) * 1000.0  # kg/m3
+        velocity_m_s = delta_rho * g * (diameters * 1e-6) ** 2 / (18.0 * p.medium_viscosity_mpa_s * 1e-3)
+        velocity_mm_h = velocity_m_s * 1000.0 * 3600.0
+        ratio = jnp.where(
+            depth_mm > 0, duration_h * velocity_mm_h / jnp.where(depth_mm > 0, depth_mm, 1.0), 0.0
+        )
+        ratio = jnp.maximum(ratio, 0.0)
+        suspended = jnp.where(ratio <= 1.0, 1.0 - 0.5 * ratio, 0.5 / jnp.where(ratio > 1.0, ratio, 1.0))
+        return suspended + (1.0 - suspended) * (1.0 - p.device_retention_fraction)
+
+    def dose_vector(
+        self, entry_distribution: Float[Array, " C"], concentration=0.0, duration_h=0.0, depth_mm=0.0
+    ) -> Float[Array, " n"]:
         """State increment per administered cell entering with ``entry_distribution``.
 
         Viable cells split over diameter classes by quadrature weight and are placed at
         their quasi-steady fate; the non-viable fraction enters as dead cells (in blood
         for intravascular entry). Each cell carries one unit of label and of DNA.
         """
-        _, weights = self.size_classes()
+        _, nominal = self.size_classes()
+        weights = nominal * self.device_delivery(duration_h, depth_mm)  # delivered, per class
+        delivered = jnp.sum(weights)
         v = self.product.viability
         tr = self.transport()
         e = self.extraction()
@@ -374,7 +405,10 @@ class Model(eqx.Module):
         thrombus = self.parameters.ibmir_thrombus_fraction
         lung_c = N_BLOOD + ORGANS.index("lung")
         ibmir_dead = (
-            v * killed * jnp.zeros(N_COMPARTMENTS).at[lung_c].set(thrombus).at[BLOOD].add(1.0 - thrombus)
+            v
+            * delivered
+            * killed
+            * jnp.zeros(N_COMPARTMENTS).at[lung_c].set(thrombus).at[BLOOD].add(1.0 - thrombus)
         )
         organs, blood_dead, _ = self._arrival(tr.cells, e, surviving)
         organs_l, blood_lost_l, _ = self._arrival(tr.label, e, surviving)
@@ -382,18 +416,18 @@ class Model(eqx.Module):
         viable = w[:, None] * organs
         label_viable = w[:, None] * organs_l
         dead = (
-            (1.0 - v) * entry_distribution
+            (1.0 - v) * delivered * entry_distribution
             + ibmir_dead
             + jnp.zeros(N_COMPARTMENTS).at[BLOOD].set(jnp.sum(w * blood_dead))
         )
         lost_l = jnp.sum(w * blood_lost_l)
         label_dead = (
-            (1.0 - v) * entry_distribution
+            (1.0 - v) * delivered * entry_distribution
             + ibmir_dead
             + jnp.zeros(N_COMPARTMENTS).at[BLOOD].set(lost_l * tr.label_dead_share)
         )
         plasma_ml = self.species.blood_volume_ml * (1.0 - self.species.haematocrit)
-        tat = self.parameters.tat_yield_ng_per_cell * v * killed / plasma_ml
+        tat = self.parameters.tat_yield_ng_per_cell * v * delivered * killed / plasma_ml
         zero_c, zero = jnp.zeros(N_COMPARTMENTS), jnp.zeros(())
         return pack(
             State(
@@ -412,14 +446,16 @@ class Model(eqx.Module):
                 tat=tat,
                 immune_effector=zero,
                 immune_memory=zero,
+                device_retained=1.0 - delivered,
             )
         )
 
     def blood_input_per_cell(
-        self, entry_distribution: Float[Array, " C"], concentration=0.0
+        self, entry_distribution: Float[Array, " C"], concentration=0.0, duration_h=0.0, depth_mm=0.0
     ) -> Float[Array, " S"]:
         """Viable cells per administered cell that reach venous blood, per class."""
         _, weights = self.size_classes()
+        weights = weights * self.device_delivery(duration_h, depth_mm)
         surviving = entry_distribution.at[BLOOD].multiply(1.0 - self.ibmir_kill_fraction(concentration))
         _, _, to_pool = self._arrival(self.transport().cells, self.extraction(), surviving)
         return self.product.viability * weights * to_pool
@@ -463,14 +499,15 @@ class Model(eqx.Module):
         """Conserved totals of a state (or batch of states): cells, DNA, label."""
         x = unpack_batch(y, self.n_size_classes)
         viable, dead, engulfed = x.viable.sum((-1, -2)), x.dead.sum(-1), x.engulfed.sum(-1)
-        cells = viable + dead + engulfed + x.cells_cleared
-        dna = viable + dead + engulfed + x.dna_residual.sum(-1) + x.dna_degraded
+        cells = viable + dead + engulfed + x.cells_cleared + x.device_retained
+        dna = viable + dead + engulfed + x.dna_residual.sum(-1) + x.dna_degraded + x.device_retained
         label = (
             x.label_viable.sum((-1, -2))
             + x.label_dead.sum(-1)
             + x.label_engulfed.sum(-1)
             + x.label_residual.sum(-1)
             + x.label_eliminated
+            + x.device_retained
         )
         return {"cells": cells, "dna": dna, "label": label}
 

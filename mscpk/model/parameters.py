@@ -36,6 +36,7 @@ FRACTIONS: tuple[str, ...] = (
     "ibmir_thrombus_fraction",
     "hla_matched_response_fraction",
     "athymic_response_fraction",
+    "device_retention_fraction",
 )
 #: Rates that may be exactly 0 (a process switched off).
 MAY_BE_ZERO: tuple[str, ...] = (
@@ -116,6 +117,10 @@ class KineticParameters(eqx.Module):
     - ``hla_matched_response_fraction``: response to HLA-matched cells relative to allogeneic.
     - ``athymic_response_fraction``: response in athymic hosts (NK only) relative to competent.
     - ``homing_strength``: increase of capture in injured tissue per unit injury level.
+    - ``cell_density_g_per_ml``: density of the cells.
+    - ``medium_density_g_per_ml``: density of the suspension medium.
+    - ``medium_viscosity_mpa_s``: viscosity of the suspension medium.
+    - ``device_retention_fraction``: share of settled cells that stay in the device.
     """
 
     critical_diameter_ratio: Float[Array, ""]
@@ -155,6 +160,10 @@ class KineticParameters(eqx.Module):
     hla_matched_response_fraction: Float[Array, ""]
     athymic_response_fraction: Float[Array, ""]
     homing_strength: Float[Array, ""]
+    cell_density_g_per_ml: Float[Array, ""]
+    medium_density_g_per_ml: Float[Array, ""]
+    medium_viscosity_mpa_s: Float[Array, ""]
+    device_retention_fraction: Float[Array, ""]
 
     def __check_init__(self):
         for name in parameter_names():
