@@ -1,5 +1,8 @@
 """The notebooks run top to bottom (their cells assert what they show)."""
 
+import json
+import os
+import sys
 from pathlib import Path
 
 import nbformat
@@ -9,11 +12,36 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
+@pytest.fixture(scope="module")
+def kernel_name(tmp_path_factory, monkeypatch_module):
+    """A kernelspec that runs this very interpreter (the one mscpk is installed in)."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / "mscpk-test"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "mscpk-test", "language": "python"})
+    )
+    monkeypatch_module.setenv("JUPYTER_PATH", str(root))
+    # The kernel runs in notebooks/; make the package importable from a source checkout too.
+    repo = str(Path(__file__).resolve().parent.parent)
+    monkeypatch_module.setenv(
+        "PYTHONPATH", os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
+    )
+    return "mscpk-test"
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_executes(path):
+def test_notebook_executes(path, kernel_name):
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
-        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        nb, timeout=900, kernel_name=kernel_name, resources={"metadata": {"path": str(path.parent)}}
     )
     client.execute()
     errors = [
