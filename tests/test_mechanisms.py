@@ -250,3 +250,12 @@ def test_settling_grows_with_cell_size_and_infusion_time():
     per_class = np.asarray(model.device_delivery(1.0, 30.0))
     assert np.all(np.diff(per_class) < 0)  # larger classes are retained more
     assert np.allclose(np.asarray(model.device_delivery(0.0, 30.0)), 1.0)  # bolus: no settling
+
+
+def test_microgravity_reduces_plasma_volume_and_concentrates_markers():
+    one_g = mscpk.build_model("human", "uc_msc", host=mscpk.Host(gravity="1g"))
+    micro = mscpk.build_model("human", "uc_msc", host=mscpk.Host(gravity="micro"))
+    assert float(micro.plasma_volume_ml()) == pytest.approx(0.88 * float(one_g.plasma_volume_ml()))
+    assert float(micro.blood_volume_ml()) < float(one_g.blood_volume_ml())
+    # Faster circulation through a smaller blood volume, so shorter residence in blood.
+    assert float(micro.blood_residence_h()[2]) < float(one_g.blood_residence_h()[2])

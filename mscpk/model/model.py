@@ -127,11 +127,22 @@ class Model(eqx.Module):
             adhesion = 1.0 - (1.0 - adhesion) * jnp.exp(-p.homing_strength * self.host.injury_mask())
         return first_pass_extraction(size_part, adhesion)
 
+    def plasma_volume_ml(self) -> Float[Array, ""]:
+        """Plasma volume (mL); reduced in microgravity by the spaceflight plasma loss."""
+        plasma = self.species.blood_volume_ml * (1.0 - self.species.haematocrit)
+        if self.host.gravity == "micro":
+            plasma = plasma * (1.0 - self.parameters.microgravity_plasma_volume_loss_fraction)
+        return plasma
+
+    def blood_volume_ml(self) -> Float[Array, ""]:
+        """Circulating blood volume (mL): red-cell volume plus (possibly reduced) plasma."""
+        return self.species.blood_volume_ml * self.species.haematocrit + self.plasma_volume_ml()
+
     def transport(self) -> Transport:
         """State-independent transport quantities (computed once per solve)."""
         r = self.rates
         extraction = self.extraction()
-        rate = self.species.cardiac_output_ml_per_h / self.species.blood_volume_ml
+        rate = self.species.cardiac_output_ml_per_h / self.blood_volume_ml()
         supply = self.species.arterial_supply_fraction
         cells = circulation(extraction, supply, rate, r.blood_death_rate_per_h)
         label_loss = r.blood_death_rate_per_h + r.label_leak_rate_per_h
@@ -209,7 +220,7 @@ class Model(eqx.Module):
             digested = r.digestion_rate_per_h * x.engulfed
             label_digested = r.digestion_rate_per_h * x.label_engulfed
             migrate = self._migration(r.phagocyte_migration_rate_per_h)
-            plasma_ml = self.species.blood_volume_ml * (1.0 - self.species.haematocrit)
+            plasma_ml = self.plasma_volume_ml()
             dx = State(
                 viable=dv,
                 label_viable=dlv,
@@ -344,7 +355,7 @@ class Model(eqx.Module):
         """Incoming cells per mL of blood: a bolus mixes into blood volume, an infusion
         into the cardiac output passing by."""
         sp = self.species
-        bolus = cells / sp.blood_volume_ml
+        bolus = cells / self.blood_volume_ml()
         rate = cells / jnp.where(duration_h > 0, duration_h, 1.0)
         return jnp.where(duration_h > 0, rate / sp.cardiac_output_ml_per_h, bolus)
 
@@ -426,7 +437,7 @@ class Model(eqx.Module):
             + ibmir_dead
             + jnp.zeros(N_COMPARTMENTS).at[BLOOD].set(lost_l * tr.label_dead_share)
         )
-        plasma_ml = self.species.blood_volume_ml * (1.0 - self.species.haematocrit)
+        plasma_ml = self.plasma_volume_ml()
         tat = self.parameters.tat_yield_ng_per_cell * v * delivered * killed / plasma_ml
         zero_c, zero = jnp.zeros(N_COMPARTMENTS), jnp.zeros(())
         return pack(

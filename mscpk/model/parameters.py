@@ -37,6 +37,7 @@ FRACTIONS: tuple[str, ...] = (
     "hla_matched_response_fraction",
     "athymic_response_fraction",
     "device_retention_fraction",
+    "microgravity_plasma_volume_loss_fraction",
 )
 #: Rates that may be exactly 0 (a process switched off).
 MAY_BE_ZERO: tuple[str, ...] = (
@@ -121,6 +122,7 @@ class KineticParameters(eqx.Module):
     - ``medium_density_g_per_ml``: density of the suspension medium.
     - ``medium_viscosity_mpa_s``: viscosity of the suspension medium.
     - ``device_retention_fraction``: share of settled cells that stay in the device.
+    - ``microgravity_plasma_volume_loss_fraction``: plasma volume lost in spaceflight.
     """
 
     critical_diameter_ratio: Float[Array, ""]
@@ -164,6 +166,7 @@ class KineticParameters(eqx.Module):
     medium_density_g_per_ml: Float[Array, ""]
     medium_viscosity_mpa_s: Float[Array, ""]
     device_retention_fraction: Float[Array, ""]
+    microgravity_plasma_volume_loss_fraction: Float[Array, ""]
 
     def __check_init__(self):
         for name in parameter_names():
