@@ -74,6 +74,7 @@ def simulate(
     cells: float | None = None,
     route: str = "iv",
     infusion_h: float | None = None,
+    device: str | None = None,
     t_end_h: float = 72.0,
     times_h=None,
     parameters=None,
@@ -90,7 +91,7 @@ def simulate(
     - ``product``: a preset name (:func:`mscpk.product.presets`) or a
       :class:`~mscpk.CellProduct`.
     - ``regimen``: a :class:`~mscpk.Regimen`; or instead give ``cells`` (with ``route`` and
-      optionally ``infusion_h``) for a single dose at time 0.
+      optionally ``infusion_h`` and an infusion ``device``) for a single dose at time 0.
     - ``t_end_h``: end of the simulation (h, > 0).
     - ``times_h``: output times (h) in ``[0, t_end_h]``; default a log-spaced grid.
     - ``parameters``: ``None`` (defaults), a dict of changes, or ``KineticParameters``.
@@ -111,9 +112,11 @@ def simulate(
         regimen = (
             Regimen.bolus(cells, route=route)
             if infusion_h is None
-            else Regimen.infusion(cells, infusion_h, route=route)
+            else Regimen.infusion(cells, infusion_h, route=route, device=device)
         )
-    elif cells is not None or infusion_h is not None:
+        if device is not None and infusion_h is None:
+            raise ValueError("device: settling in a device needs an infusion (give infusion_h)")
+    elif cells is not None or infusion_h is not None or device is not None:
         raise ValueError("regimen: give either a regimen or cells/infusion_h, not both")
     elif not isinstance(regimen, Regimen):
         raise TypeError(f"regimen: expected a Regimen, got {type(regimen).__name__}")
@@ -121,7 +124,8 @@ def simulate(
     times = default_times(t_end_h) if times_h is None else _check_times(times_h, t_end_h)
     model = build_model(species, product, parameters, n_size_classes, mechanisms, host)
     solver = SolverConfig() if solver is None else solver
-    sol = _solve_jit(model, regimen.table(), jnp.asarray(times), t_end_h, solver)
+    # t_end_h is passed as an array so that a new end time does not recompile.
+    sol = _solve_jit(model, regimen.table(), jnp.asarray(times), jnp.asarray(t_end_h), solver)
     if not bool(sol.success):
         raise SolveError(
             f"the ODE solve failed (solver={solver.solver}, rtol={solver.rtol}, max_steps={solver.max_steps}); "

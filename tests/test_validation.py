@@ -96,3 +96,14 @@ def test_results_refuse_times_that_were_not_simulated():
     with pytest.raises(ValueError, match="time_h: 1.5 h is not an output time"):
         result.percent_of_dose("viable_cells", [1.5])
     assert float(jnp.asarray(result.percent_of_dose("viable_cells", [1.0]).loc[1.0, "lung"])) > 50
+
+
+def test_host_and_device_misuse_is_rejected():
+    with pytest.raises(ValueError, match="Host.injury_level: 1.0 given without injury_organ"):
+        mscpk.Host(injury_level=1.0)
+    with pytest.raises(ValueError, match="Host.gravity: unknown value 'mars'"):
+        mscpk.Host(gravity="mars")
+    with pytest.raises(ValueError, match="device: settling in a device needs an infusion"):
+        mscpk.simulate("mouse", "bm_msc", cells=1e6, device="bag")
+    with pytest.raises(ValueError, match="Dose.device: unknown value 'cup'"):
+        mscpk.Dose(0.0, 1e6, infusion_h=1.0, device="cup")

@@ -114,8 +114,10 @@ class Regimen:
         return cls([Dose(time_h, cells, route)])
 
     @classmethod
-    def infusion(cls, cells: float, infusion_h: float, *, time_h: float = 0.0, route="iv") -> "Regimen":
-        return cls([Dose(time_h, cells, route, infusion_h)])
+    def infusion(
+        cls, cells: float, infusion_h: float, *, time_h: float = 0.0, route="iv", device: str | None = None
+    ) -> "Regimen":
+        return cls([Dose(time_h, cells, route, infusion_h, device)])
 
     def __len__(self) -> int:
         return len(self.doses)

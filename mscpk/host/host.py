@@ -17,7 +17,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._validation import check_choice, check_positive, check_range
+from .._validation import check_choice, check_positive, check_range, concrete
 from ..model.layout import ORGANS
 
 IMMUNE_STATUS: tuple[str, ...] = ("competent", "athymic", "nsg")
@@ -56,6 +56,12 @@ class Host(eqx.Module):
         check_range("Host.immunosuppression", self.immunosuppression, 0.0, 1.0)
         check_positive("Host.injury_level", self.injury_level, allow_zero=True)
         check_positive("Host.heparin_iu_per_kg", self.heparin_iu_per_kg, allow_zero=True)
+        level = concrete(self.injury_level)
+        if self.injury_organ is None and level is not None and float(level) > 0:
+            raise ValueError(
+                f"Host.injury_level: {float(level)!r} given without injury_organ; name the injured organ "
+                f"(one of {', '.join(ORGANS)})"
+            )
 
     def injury_mask(self) -> Float[Array, " O"]:
         """Injury level of each organ (zero except the injured one)."""

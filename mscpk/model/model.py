@@ -409,8 +409,9 @@ class Model(eqx.Module):
         v = self.product.viability
         tr = self.transport()
         e = self.extraction()
-        # IBMIR destroys part of the viable cells entering venous blood.
-        kill = self.ibmir_kill_fraction(concentration)
+        # IBMIR destroys part of the viable cells entering venous blood (at the
+        # concentration actually delivered from the device).
+        kill = self.ibmir_kill_fraction(concentration * delivered)
         killed = kill * entry_distribution[BLOOD]
         surviving = entry_distribution.at[BLOOD].multiply(1.0 - kill)
         thrombus = self.parameters.ibmir_thrombus_fraction
@@ -467,7 +468,8 @@ class Model(eqx.Module):
         """Viable cells per administered cell that reach venous blood, per class."""
         _, weights = self.size_classes()
         weights = weights * self.device_delivery(duration_h, depth_mm)
-        surviving = entry_distribution.at[BLOOD].multiply(1.0 - self.ibmir_kill_fraction(concentration))
+        kill = self.ibmir_kill_fraction(concentration * jnp.sum(weights))
+        surviving = entry_distribution.at[BLOOD].multiply(1.0 - kill)
         _, _, to_pool = self._arrival(self.transport().cells, self.extraction(), surviving)
         return self.product.viability * weights * to_pool
 
