@@ -14,7 +14,7 @@ import tomllib
 from .host.host import GRAVITY, IMMUNE_STATUS
 from .model.layout import ORGANS
 from .physiology.species import SPECIES
-from .product.cell_product import DONORS, PREPARATIONS, presets
+from .product.cell_product import CULTURES, DONORS, PREPARATIONS, presets
 from .routes import ROUTES
 
 #: Options a scenario file may set (same names as the command-line options, with
@@ -35,6 +35,8 @@ SCENARIO_KEYS = (
     "host_immunity",
     "gravity",
     "injury",
+    "device",
+    "culture",
 )
 
 SUMMARY_TIMES_H = (0.25, 1.0, 4.0, 24.0, 72.0)
@@ -144,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="systemic heparin (IU/kg, default 0)",
     )
     sim.add_argument(
+        "--culture",
+        choices=CULTURES,
+        default=None,
+        help="expansion condition of an MSC product (default: 2d)",
+    )
+    sim.add_argument(
         "--donor", choices=DONORS, default=None, help="donor match to the host (default: syngeneic)"
     )
     sim.add_argument(
@@ -216,6 +224,8 @@ def _product(args):
         overrides["tf_positive_fraction"] = args.tf_positive
     if args.donor is not None:
         overrides["donor"] = args.donor
+    if args.culture is not None:
+        overrides["culture"] = args.culture
     return cell_product(args.product, **overrides)
 
 

@@ -259,3 +259,32 @@ def test_microgravity_reduces_plasma_volume_and_concentrates_markers():
     assert float(micro.blood_volume_ml()) < float(one_g.blood_volume_ml())
     # Faster circulation through a smaller blood volume, so shorter residence in blood.
     assert float(micro.blood_residence_h()[2]) < float(one_g.blood_residence_h()[2])
+
+
+# ----------------------------------------------------------------------------- culture condition
+def test_culture_condition():
+    two_d = mscpk.cell_product("bm_msc")
+    spheroid = mscpk.cell_product("bm_msc", culture="spheroid")
+    micro = mscpk.cell_product("bm_msc", culture="microgravity")
+    assert float(spheroid.diameter_mean_um) == pytest.approx(12.6)  # Ge et al. 2014
+    assert float(micro.potency) > 1.0 and float(two_d.potency) == 1.0
+    lung = [
+        mscpk.simulate("mouse", p, cells=1e6, t_end_h=1.0, times_h=[0.25]).value("viable_cells", "lung", 0.25)
+        for p in (two_d, spheroid)
+    ]
+    assert lung[1] < lung[0]  # smaller spheroid-derived cells are trapped less
+    allo = [
+        _day7("allogeneic").value("viable_cells", "whole_body", 168.0),
+        mscpk.simulate(
+            "mouse",
+            mscpk.cell_product("bm_msc", culture="microgravity", donor="allogeneic"),
+            cells=1e6,
+            t_end_h=400.0,
+            times_h=[168.0, 200.0, 336.0, 368.0, 400.0],
+        ).value("viable_cells", "whole_body", 168.0),
+    ]
+    assert allo[1] > allo[0]  # more immunomodulatory cells damp their own rejection
+    with pytest.raises(ValueError, match="culture: 'spheroid' applies to MSC products"):
+        mscpk.cell_product("bm_mnc", culture="spheroid")
+    with pytest.raises(ValueError, match="culture: unknown value 'flask'"):
+        mscpk.cell_product("bm_msc", culture="flask")

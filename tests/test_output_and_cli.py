@@ -129,6 +129,7 @@ def test_cli_mechanism_options_and_scenario_file(tmp_path, capsys):
     scenario.write_text(
         'species = "mouse"\ncells = 1e6\nhours = 24\nprep = "thawed"\ntf-positive = 0.6\n'
         'heparin_iu_per_kg = 0\ndonor = "allogeneic"\ngravity = "micro"\ninjury = "kidneys:1.5"\n'
+        'culture = "spheroid"\ninfusion-min = 30\ndevice = "bag"\n'
     )
     out = tmp_path / "s.csv"
     assert main(["simulate", "--scenario", str(scenario), "--out", str(out)]) == 0

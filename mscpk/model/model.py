@@ -279,7 +279,12 @@ class Model(eqx.Module):
             half = r.antigen_half_cells_per_g * self.species.body_weight_g
             antigen = donor_cells / (donor_cells + half)
             z, m = x.immune_effector, x.immune_memory
-            activation = r.alloimmune_activation_rate_per_h * (1.0 + r.alloimmune_memory_boost * m)
+            # More immunomodulatory products (potency > 1) damp the activation.
+            activation = (
+                r.alloimmune_activation_rate_per_h
+                * (1.0 + r.alloimmune_memory_boost * m)
+                / self.product.potency
+            )
             out["immune_effector"] = activation * antigen * (1.0 - z) - r.alloimmune_decay_rate_per_h * z
             out["immune_memory"] = r.alloimmune_memory_rate_per_h * z * (1.0 - m)
         return out

@@ -22,6 +22,7 @@ from .._validation import check_choice, check_positive, check_range, concrete
 
 PREPARATIONS: tuple[str, ...] = ("fresh", "thawed", "rescued")
 DONORS: tuple[str, ...] = ("autologous", "syngeneic", "hla_matched", "allogeneic", "xenogeneic")
+CULTURES: tuple[str, ...] = ("2d", "spheroid", "microgravity")
 
 
 class CellProduct(eqx.Module):
@@ -40,6 +41,11 @@ class CellProduct(eqx.Module):
     - ``tf_positive_fraction``: fraction of cells expressing tissue factor (CD142), [0, 1].
     - ``donor``: donor match to the host: ``"autologous"``, ``"syngeneic"``,
       ``"hla_matched"``, ``"allogeneic"`` or ``"xenogeneic"`` (static).
+    - ``culture``: expansion condition, ``"2d"``, ``"spheroid"`` or ``"microgravity"``
+      (static; a label: its effects enter through diameter and potency, see
+      :func:`cell_product`).
+    - ``potency``: immunomodulatory potency relative to 2D-expanded cells (> 0); damps
+      the activation of anti-donor immunity.
     """
 
     name: str = eqx.field(static=True)
@@ -50,6 +56,8 @@ class CellProduct(eqx.Module):
     rescue_h: Float[Array, ""]
     tf_positive_fraction: Float[Array, ""]
     donor: str = eqx.field(static=True)
+    culture: str = eqx.field(static=True)
+    potency: Float[Array, ""]
 
     def __init__(
         self,
@@ -61,6 +69,8 @@ class CellProduct(eqx.Module):
         rescue_h=0.0,
         tf_positive_fraction=0.0,
         donor: str = "syngeneic",
+        culture: str = "2d",
+        potency=1.0,
     ):
         if not isinstance(name, str):
             raise TypeError(f"CellProduct.name: expected a str, got {type(name).__name__}")
@@ -72,6 +82,8 @@ class CellProduct(eqx.Module):
         self.rescue_h = jnp.asarray(rescue_h, dtype=float)
         self.tf_positive_fraction = jnp.asarray(tf_positive_fraction, dtype=float)
         self.donor = check_choice("CellProduct.donor", donor, DONORS)
+        self.culture = check_choice("CellProduct.culture", culture, CULTURES)
+        self.potency = jnp.asarray(potency, dtype=float)
 
     def __check_init__(self):
         check_range("CellProduct.diameter_mean_um", self.diameter_mean_um, 1.0, 500.0)
@@ -79,6 +91,7 @@ class CellProduct(eqx.Module):
         check_range("CellProduct.viability", self.viability, 0.0, 1.0)
         check_positive("CellProduct.rescue_h", self.rescue_h, allow_zero=True)
         check_range("CellProduct.tf_positive_fraction", self.tf_positive_fraction, 0.0, 1.0)
+        check_positive("CellProduct.potency", self.potency)
         rescue = concrete(self.rescue_h)
         if rescue is not None:
             if self.preparation == "rescued" and not float(rescue) > 0:
@@ -124,6 +137,8 @@ class CellProduct(eqx.Module):
             rescue_h=self.rescue_h,
             tf_positive_fraction=self.tf_positive_fraction,
             donor=self.donor,
+            culture=self.culture,
+            potency=self.potency,
         )
         unknown = set(changes) - set(fields)
         if unknown:
@@ -151,7 +166,16 @@ def preset_table() -> pd.DataFrame:
 
 def presets() -> tuple[str, ...]:
     """Names of the shipped cell-product presets."""
-    return tuple(dict.fromkeys(preset_table().preset))
+    return tuple(p for p in dict.fromkeys(preset_table().preset) if p not in _MODIFIER_ROWS)
+
+
+#: Rows of the preset table that modify a product rather than define one.
+_MODIFIER_ROWS = ("microgravity_msc",)
+
+
+def rows_of(key: str):
+    """The ``field -> value`` rows of one preset (or modifier) in the shipped table."""
+    return preset_table()[preset_table().preset == key].set_index("field").value
 
 
 def cell_product(name: str, **overrides) -> CellProduct:
@@ -161,17 +185,25 @@ def cell_product(name: str, **overrides) -> CellProduct:
     (the SD scales with the mean); pass ``diameter_sd_um`` to set the spread yourself.
     """
     key = check_choice("product", name, presets())
-    rows = preset_table()[preset_table().preset == key].set_index("field").value
+    rows = rows_of(key)
     fields = dict(
         diameter_mean_um=float(rows["diameter_mean_um"]),
         diameter_sd_um=float(rows["diameter_sd_um"]),
         viability=float(rows["viability"]),
         tf_positive_fraction=float(rows["tf_positive_fraction"]),
     )
-    allowed = set(fields) | {"preparation", "rescue_h", "donor"}
+    allowed = set(fields) | {"preparation", "rescue_h", "donor", "culture", "potency"}
     unknown = set(overrides) - allowed
     if unknown:
         raise ValueError(f"cell_product: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    culture = check_choice("culture", overrides.get("culture", "2d"), CULTURES)
+    if culture != "2d" and key in ("bm_mnc", "hsc"):
+        raise ValueError(f"culture: {culture!r} applies to MSC products, not to {key!r}")
+    if culture == "spheroid" and "diameter_mean_um" not in overrides:
+        # Cells dissociated from 3D spheroids are smaller (Ge et al. 2014).
+        overrides = dict(overrides, diameter_mean_um=float(rows_of("spheroid_msc")["diameter_mean_um"]))
+    if culture == "microgravity" and "potency" not in overrides:
+        overrides = dict(overrides, potency=float(rows_of("microgravity_msc")["potency"]))
     if "diameter_mean_um" in overrides and "diameter_sd_um" not in overrides:
         cv = fields["diameter_sd_um"] / fields["diameter_mean_um"]
         overrides = dict(overrides, diameter_sd_um=cv * overrides["diameter_mean_um"])
