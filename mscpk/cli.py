@@ -193,7 +193,11 @@ def _regimen(args):
 
 
 def apply_scenario(args, parser) -> None:
-    """Fill options not given on the command line from ``--scenario`` (a TOML file)."""
+    """Fill options not given on the command line from ``--scenario`` (a TOML file).
+
+    The file's values are parsed by the same option parser, so they get the same
+    checks (types, ranges, allowed choices) as options typed on the command line.
+    """
     if args.scenario is None:
         return
     try:
@@ -201,15 +205,18 @@ def apply_scenario(args, parser) -> None:
             scenario = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ValueError(f"--scenario: cannot read {args.scenario!r}: {err}") from None
-    defaults = {a.dest: a.default for a in parser._subparsers._group_actions[0].choices["simulate"]._actions}
-    types = {a.dest: a.type for a in parser._subparsers._group_actions[0].choices["simulate"]._actions}
+    argv = ["simulate", "--out", args.out]
     for key, value in scenario.items():
         dest = key.replace("-", "_")
         if dest not in SCENARIO_KEYS:
             raise ValueError(f"--scenario: unknown key {key!r}; allowed: {', '.join(SCENARIO_KEYS)}")
-        if getattr(args, dest) == defaults.get(dest):
-            convert = types.get(dest)
-            setattr(args, dest, convert(str(value)) if convert else value)
+        argv += ["--" + dest.replace("_", "-"), str(value)]
+    from_file = parser.parse_args(argv)
+    defaults = parser.parse_args(["simulate", "--out", args.out])
+    for key in scenario:
+        dest = key.replace("-", "_")
+        if getattr(args, dest) == getattr(defaults, dest):  # not given on the command line
+            setattr(args, dest, getattr(from_file, dest))
 
 
 def _product(args):

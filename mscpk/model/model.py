@@ -58,11 +58,20 @@ class Observed(NamedTuple):
 
 
 class Transport(NamedTuple):
-    """Everything the right-hand side needs that does not depend on the state."""
+    """Everything the right-hand side needs that does not depend on the state,
+    computed once per solve (:meth:`Model.transport`) instead of at every step."""
 
     cells: Circulation
     label: Circulation
     label_dead_share: Float[Array, ""]
+    rates: KineticParameters  # species-scaled (and cryo-adjusted) parameters
+    death: Float[Array, " O"]  # death rates of arrested cells
+    clear: Float[Array, " C"]  # debris clearance rates (blood first)
+    dest: Float[Array, "C C"]  # where cleared debris goes
+    migrate: Float[Array, "C C"]  # phagocyte migration generator
+    capacity: Float[Array, " C"]  # efferocytosis capacity (cells)
+    plasma_ml: Float[Array, ""]
+    alloimmune: Float[Array, ""] | None  # relative anti-donor strength, None if none
 
 
 class Model(eqx.Module):
@@ -150,7 +159,23 @@ class Model(eqx.Module):
         share = jnp.where(
             label_loss > 0, r.blood_death_rate_per_h / jnp.where(label_loss > 0, label_loss, 1.0), 1.0
         )
-        return Transport(cells, label, share)
+        death, clear, dest = self._clearance(r)
+        capacity = jnp.concatenate(
+            [jnp.full((1,), jnp.inf), r.efferocytosis_capacity_per_g * self.species.organ_volume_ml]
+        )
+        return Transport(
+            cells,
+            label,
+            share,
+            rates=r,
+            death=death,
+            clear=clear,
+            dest=dest,
+            migrate=self._migration(r),
+            capacity=capacity,
+            plasma_ml=self.plasma_volume_ml(),
+            alloimmune=self.alloimmune_strength(r),
+        )
 
     def blood_residence_h(self) -> Float[Array, " S"]:
         """Mean time (h) a viable cell of each diameter class spends in blood per entry.
@@ -160,8 +185,7 @@ class Model(eqx.Module):
         c = self.transport().cells
         return 1.0 / (c.out_rate + self.rates.blood_death_rate_per_h)
 
-    def _clearance(self):
-        r = self.rates
+    def _clearance(self, r: KineticParameters):
         n_org = len(ORGANS)
         death = r.death_rate_per_h
         clear = jnp.concatenate(
@@ -186,9 +210,8 @@ class Model(eqx.Module):
     def vector_field_from(self, tr: Transport, y: Float[Array, " n"]) -> Float[Array, " n"]:
         """Right-hand side given precomputed :meth:`transport` (reused across steps)."""
         x = unpack(y, self.n_size_classes)
-        r = self.rates
-        death, clear, dest = self._clearance()
-        strength = self.alloimmune_strength(r)
+        r, clear, dest, strength = tr.rates, tr.clear, tr.dest, tr.alloimmune
+        death = tr.death
         if strength is not None:  # anti-donor effectors kill arrested donor cells
             death = death + r.alloimmune_kill_rate_per_h * strength * x.immune_effector
         leak = r.label_leak_rate_per_h
@@ -196,34 +219,32 @@ class Model(eqx.Module):
         released_l = r.release_rate_per_h[None, :] * x.label_viable
         label_lost = jnp.sum(tr.label.release_dead * released_l)
         died_in_blood = jnp.sum(tr.cells.release_dead * released)
-        organ_death = death * x.viable.sum(0)
-        organ_label_death = death * x.label_viable.sum(0)
-        dead_in = jnp.concatenate([jnp.reshape(died_in_blood, (1,)), organ_death])
-        dv = jnp.einsum("sij,sj->si", tr.cells.release, released) - released - death[None, :] * x.viable
-        dlv = (
-            jnp.einsum("sij,sj->si", tr.label.release, released_l)
-            - released_l
-            - (death + leak)[None, :] * x.label_viable
-        )
+        dead_in = jnp.concatenate([jnp.reshape(died_in_blood, (1,)), death * x.viable.sum(0)])
         label_dead_in = jnp.concatenate(
-            [jnp.reshape(label_lost * tr.label_dead_share, (1,)), organ_label_death]
+            [jnp.reshape(label_lost * tr.label_dead_share, (1,)), death * x.label_viable.sum(0)]
         )
-        zero_c = jnp.zeros(N_COMPARTMENTS)
+        common = dict(
+            viable=jnp.einsum("sij,sj->si", tr.cells.release, released)
+            - released
+            - death[None, :] * x.viable,
+            label_viable=jnp.einsum("sij,sj->si", tr.label.release, released_l)
+            - released_l
+            - (death + leak)[None, :] * x.label_viable,
+            dna_degraded=r.dna_degradation_rate_per_h * x.dna_residual.sum(),
+            label_eliminated=leak * (x.label_viable.sum() + x.label_dead.sum())
+            + r.label_residual_loss_rate_per_h * x.label_residual.sum()
+            + label_lost * (1.0 - tr.label_dead_share),
+            **self._signals(r, x, strength),
+        )
         if self.mechanisms.efferocytosis:
             # Dead cells are engulfed (saturable per organ), digested, and lung phagocytes
             # migrate to liver and spleen with what they hold (cells, DNA, label).
-            capacity = jnp.concatenate(
-                [jnp.full((1,), jnp.inf), r.efferocytosis_capacity_per_g * self.species.organ_volume_ml]
-            )
-            per_cell = clear / (1.0 + x.dead / capacity)
+            per_cell = clear / (1.0 + x.dead / tr.capacity)
             engulf, label_engulf = per_cell * x.dead, per_cell * x.label_dead
             digested = r.digestion_rate_per_h * x.engulfed
             label_digested = r.digestion_rate_per_h * x.label_engulfed
-            migrate = self._migration(r.phagocyte_migration_rate_per_h)
-            plasma_ml = self.plasma_volume_ml()
+            migrate = tr.migrate
             dx = State(
-                viable=dv,
-                label_viable=dlv,
                 dead=dead_in - engulf,
                 dna_residual=digested
                 - r.dna_degradation_rate_per_h * x.dna_residual
@@ -235,20 +256,15 @@ class Model(eqx.Module):
                 engulfed=dest @ engulf - digested + migrate @ x.engulfed,
                 label_engulfed=dest @ label_engulf - label_digested + migrate @ x.label_engulfed,
                 cells_cleared=digested.sum(),
-                dna_degraded=r.dna_degradation_rate_per_h * x.dna_residual.sum(),
-                label_eliminated=leak * (x.label_viable.sum() + x.label_dead.sum())
-                + r.label_residual_loss_rate_per_h * x.label_residual.sum()
-                + label_lost * (1.0 - tr.label_dead_share),
-                il10=r.il10_yield_pg_per_cell * engulf.sum() / plasma_ml
+                il10=r.il10_yield_pg_per_cell * engulf.sum() / tr.plasma_ml
                 - r.il10_clearance_rate_per_h * x.il10,
-                **self._signals(r, x, strength),
+                **common,
             )
         else:
             cleared = clear * x.dead
             label_cleared = clear * x.label_dead
+            zero_c = jnp.zeros(N_COMPARTMENTS)
             dx = State(
-                viable=dv,
-                label_viable=dlv,
                 dead=dead_in - cleared,
                 dna_residual=dest @ cleared - r.dna_degradation_rate_per_h * x.dna_residual,
                 label_dead=label_dead_in - label_cleared - leak * x.label_dead,
@@ -256,12 +272,8 @@ class Model(eqx.Module):
                 engulfed=zero_c,
                 label_engulfed=zero_c,
                 cells_cleared=cleared.sum(),
-                dna_degraded=r.dna_degradation_rate_per_h * x.dna_residual.sum(),
-                label_eliminated=leak * (x.label_viable.sum() + x.label_dead.sum())
-                + r.label_residual_loss_rate_per_h * x.label_residual.sum()
-                + label_lost * (1.0 - tr.label_dead_share),
                 il10=jnp.zeros(()),
-                **self._signals(r, x, strength),
+                **common,
             )
         return pack(dx)
 
@@ -289,9 +301,9 @@ class Model(eqx.Module):
             out["immune_memory"] = r.alloimmune_memory_rate_per_h * z * (1.0 - m)
         return out
 
-    def _migration(self, rate) -> Float[Array, "C C"]:
+    def _migration(self, r: KineticParameters) -> Float[Array, "C C"]:
         """Generator moving phagocyte contents out of the lung to liver and spleen."""
-        f = self.rates.blood_debris_to_liver_fraction
+        rate, f = r.phagocyte_migration_rate_per_h, r.blood_debris_to_liver_fraction
         lung = N_BLOOD + ORGANS.index("lung")
         out = jnp.zeros(N_COMPARTMENTS).at[N_BLOOD + _LIVER].set(f).at[N_BLOOD + _SPLEEN].add(1.0 - f)
         out = out.at[lung].add(-1.0)
@@ -487,7 +499,7 @@ class Model(eqx.Module):
         """
         x = unpack_batch(y, self.n_size_classes)
         tr = self.transport()
-        r = self.rates
+        r = tr.rates
         released = r.release_rate_per_h * x.viable  # (..., S, O)
         released_l = r.release_rate_per_h * x.label_viable
         into_blood = blood_input + jnp.sum(tr.cells.release_to_pool * released, -1)  # (..., S)
