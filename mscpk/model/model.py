@@ -390,7 +390,7 @@ class Model(eqx.Module):
         return mismatch * host * (1.0 - self.host.immunosuppression) * lysis
 
     def device_delivery(self, duration_h, depth_mm) -> Float[Array, " S"]:
-        """Fraction of each diameter class delivered from a syringe or bag.
+        r"""Fraction of each diameter class delivered from a syringe or bag.
 
         Cells settle through the suspension depth at the Stokes velocity
         :math:`v = \Delta\rho\, g\, d^2 / (18 \mu)`; over an infusion of duration
