@@ -75,6 +75,7 @@ def simulate(
     route: str = "iv",
     infusion_h: float | None = None,
     device: str | None = None,
+    site: str = "peripheral",
     t_end_h: float = 72.0,
     times_h=None,
     parameters=None,
@@ -91,7 +92,8 @@ def simulate(
     - ``product``: a preset name (:func:`mscpk.product.presets`) or a
       :class:`~mscpk.CellProduct`.
     - ``regimen``: a :class:`~mscpk.Regimen`; or instead give ``cells`` (with ``route`` and
-      optionally ``infusion_h`` and an infusion ``device``) for a single dose at time 0.
+      optionally ``infusion_h``, an infusion ``device`` and the venous access ``site``) for
+      a single dose at time 0.
     - ``t_end_h``: end of the simulation (h, > 0).
     - ``times_h``: output times (h) in ``[0, t_end_h]``; default a log-spaced grid.
     - ``parameters``: ``None`` (defaults), a dict of changes, or ``KineticParameters``.
@@ -110,13 +112,13 @@ def simulate(
         if cells is None:
             raise ValueError("cells: give either a regimen or the number of cells for a single dose")
         regimen = (
-            Regimen.bolus(cells, route=route)
+            Regimen.bolus(cells, route=route, site=site)
             if infusion_h is None
-            else Regimen.infusion(cells, infusion_h, route=route, device=device)
+            else Regimen.infusion(cells, infusion_h, route=route, device=device, site=site)
         )
         if device is not None and infusion_h is None:
             raise ValueError("device: settling in a device needs an infusion (give infusion_h)")
-    elif cells is not None or infusion_h is not None or device is not None:
+    elif cells is not None or infusion_h is not None or device is not None or site != "peripheral":
         raise ValueError("regimen: give either a regimen or cells/infusion_h, not both")
     elif not isinstance(regimen, Regimen):
         raise TypeError(f"regimen: expected a Regimen, got {type(regimen).__name__}")

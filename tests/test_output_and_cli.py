@@ -118,6 +118,8 @@ def test_cli_help_explains_every_option():
         "--cells",
         "--hours",
         "--infusion-min",
+        "--site",
+        "--jugular-stasis",
         "--out",
         "--plot",
     ):
@@ -129,14 +131,19 @@ def test_cli_mechanism_options_and_scenario_file(tmp_path, capsys):
     scenario.write_text(
         'species = "mouse"\ncells = 1e6\nhours = 24\nprep = "thawed"\ntf-positive = 0.6\n'
         'heparin_iu_per_kg = 0\ndonor = "allogeneic"\ngravity = "micro"\ninjury = "kidneys:1.5"\n'
-        'culture = "spheroid"\ninfusion-min = 30\ndevice = "bag"\n'
+        'culture = "spheroid"\ninfusion-min = 30\ndevice = "bag"\nsite = "jugular"\njugular-stasis = 1\n'
     )
     out = tmp_path / "s.csv"
     assert main(["simulate", "--scenario", str(scenario), "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "peak plasma TAT" in text
+    assert "peak plasma TAT" in text and "inflammation of kidneys" in text
     df = pd.read_csv(out)
     tat_scenario = df[df.quantity == "tat"].value.max()
+    assert set(df[df.quantity == "inflammation"].organ) == set(mscpk.ORGANS)
+    # A peripheral line does not meet the jugular stasis: lower TAT peak.
+    out3 = tmp_path / "p.csv"
+    assert main(["simulate", "--scenario", str(scenario), "--site", "peripheral", "--out", str(out3)]) == 0
+    assert pd.read_csv(out3).query("quantity == 'tat'").value.max() < tat_scenario
     # The command line wins over the scenario: heparin lowers the TAT peak.
     out2 = tmp_path / "h.csv"
     assert (
@@ -149,3 +156,6 @@ def test_cli_mechanism_options_and_scenario_file(tmp_path, capsys):
     assert "unknown key 'cels'" in capsys.readouterr().err
     assert main(["simulate", "--cells", "1e6", "--injury", "kidney:1", "--out", str(out)]) == 2
     assert "Host.injury_organ: unknown value 'kidney'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["simulate", "--cells", "1e6", "--jugular-stasis", "1.5", "--out", str(out)])
+    assert "--jugular-stasis: must lie in [0, 1]" in capsys.readouterr().err

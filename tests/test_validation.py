@@ -107,3 +107,9 @@ def test_host_and_device_misuse_is_rejected():
         mscpk.simulate("mouse", "bm_msc", cells=1e6, device="bag")
     with pytest.raises(ValueError, match="Dose.device: unknown value 'cup'"):
         mscpk.Dose(0.0, 1e6, infusion_h=1.0, device="cup")
+    with pytest.raises(ValueError, match="Dose.site: unknown value 'arm'"):
+        mscpk.Dose(0.0, 1e6, site="arm")
+    with pytest.raises(ValueError, match="Host.jugular_stasis"):
+        mscpk.Host(jugular_stasis=1.5)
+    with pytest.raises(ValueError, match="regimen: give either a regimen or cells"):
+        mscpk.simulate("mouse", "bm_msc", mscpk.Regimen.bolus(1e6), site="jugular")

@@ -35,6 +35,16 @@ def _number(field: str, value) -> float:
 #: lying horizontally in a pump (20-60 mL syringes have 20-27 mm inner diameter; 20 mm
 #: taken) and an infusion bag lying flat (about 30 mm of fluid).
 DEVICE_DEPTH_MM: dict[str, float] = {"syringe": 20.0, "bag": 30.0}
+#: Suspension volume (mL) the loaded cells are in, which sets their concentration and
+#: so Brownian aggregation. ASSUMPTIONS: a 50 mL syringe and a 100 mL bag, the usual
+#: sizes for clinical MSC infusions (recalled, R).
+DEVICE_VOLUME_ML: dict[str, float] = {"syringe": 50.0, "bag": 100.0}
+#: A device infusion is split into this many equal sub-infusions, each with its own
+#: delivered fraction and aggregate share (settling and aggregation progress during
+#: the infusion, so the delivered dose rate changes over it).
+DEVICE_SUBINTERVALS = 4
+#: Venous access sites of intravascular doses.
+SITES: tuple[str, ...] = ("peripheral", "central", "jugular")
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,11 @@ class Dose:
       :class:`~mscpk.routes.AbstractRoute`.
     - ``infusion_h``: infusion duration (h, > 0); ``None`` for a bolus.
     - ``device``: ``None`` (no settling considered), ``"syringe"`` or ``"bag"``: cells
-      settle in the device during an infusion (see :meth:`mscpk.Model.device_delivery`).
+      settle and aggregate in the device during an infusion (see
+      :meth:`mscpk.Model.device_profile`).
+    - ``site``: venous access for intravascular doses: ``"peripheral"`` (default),
+      ``"central"`` or ``"jugular"``; central and jugular lines meet the host's jugular
+      venous stasis (:class:`~mscpk.Host`).
     """
 
     time_h: float
@@ -57,6 +71,7 @@ class Dose:
     route: str | AbstractRoute = "iv"
     infusion_h: float | None = None
     device: str | None = None
+    site: str = "peripheral"
 
     def __post_init__(self):
         object.__setattr__(self, "time_h", _number("Dose.time_h", self.time_h))
@@ -77,6 +92,7 @@ class Dose:
             object.__setattr__(
                 self, "device", check_choice("Dose.device", self.device, tuple(DEVICE_DEPTH_MM))
             )
+        object.__setattr__(self, "site", check_choice("Dose.site", self.site, SITES))
 
     @property
     def end_h(self) -> float:
@@ -91,6 +107,9 @@ class DoseTable(eqx.Module):
     duration_h: Float[Array, " N"]
     entry_distribution: Float[Array, "N C"]
     device_depth_mm: Float[Array, " N"]
+    device_elapsed_h: Float[Array, " N"]  # time since the device infusion began
+    device_cells_per_ml: Float[Array, " N"]  # cell concentration loaded in the device
+    central_line: Float[Array, " N"]  # 1 for a central or jugular line, 0 for peripheral
 
 
 class Regimen:
@@ -110,14 +129,21 @@ class Regimen:
         self.doses: tuple[Dose, ...] = tuple(doses)
 
     @classmethod
-    def bolus(cls, cells: float, *, time_h: float = 0.0, route="iv") -> "Regimen":
-        return cls([Dose(time_h, cells, route)])
+    def bolus(cls, cells: float, *, time_h: float = 0.0, route="iv", site: str = "peripheral") -> "Regimen":
+        return cls([Dose(time_h, cells, route, site=site)])
 
     @classmethod
     def infusion(
-        cls, cells: float, infusion_h: float, *, time_h: float = 0.0, route="iv", device: str | None = None
+        cls,
+        cells: float,
+        infusion_h: float,
+        *,
+        time_h: float = 0.0,
+        route="iv",
+        device: str | None = None,
+        site: str = "peripheral",
     ) -> "Regimen":
-        return cls([Dose(time_h, cells, route, infusion_h, device)])
+        return cls([Dose(time_h, cells, route, infusion_h, device, site)])
 
     def __len__(self) -> int:
         return len(self.doses)
@@ -143,24 +169,73 @@ class Regimen:
                     f"t_end_h={t_end_h:g} h; doses must lie within [0, t_end_h]"
                 )
 
+    def rows(self) -> list[dict]:
+        """One row per solver dose: a device infusion becomes
+        :data:`DEVICE_SUBINTERVALS` consecutive sub-infusions."""
+        out = []
+        for d in self.doses:
+            entry = np.asarray(d.route.entry_distribution())
+            central = 1.0 if d.site in ("central", "jugular") else 0.0
+            if d.device is None or d.infusion_h is None:
+                out.append(
+                    dict(
+                        time_h=d.time_h,
+                        cells=d.cells,
+                        duration_h=d.infusion_h or 0.0,
+                        entry=entry,
+                        depth=0.0,
+                        elapsed=0.0,
+                        conc=0.0,
+                        central=central,
+                    )
+                )
+                continue
+            k = DEVICE_SUBINTERVALS
+            step = d.infusion_h / k
+            for i in range(k):
+                out.append(
+                    dict(
+                        time_h=d.time_h + i * step,
+                        cells=d.cells / k,
+                        duration_h=step,
+                        entry=entry,
+                        depth=DEVICE_DEPTH_MM[d.device],
+                        elapsed=i * step,
+                        conc=d.cells / DEVICE_VOLUME_ML[d.device],
+                        central=central,
+                    )
+                )
+        return out
+
+    @property
+    def n_rows(self) -> int:
+        """Length of :meth:`table` without padding."""
+        return len(self.rows())
+
     def table(self, n_max: int | None = None) -> DoseTable:
-        """Padded :class:`DoseTable` of length ``n_max`` (default: the number of doses)."""
-        n = len(self.doses)
+        """Padded :class:`DoseTable` of length ``n_max`` (default: :attr:`n_rows`)."""
+        rows = self.rows()
+        n = len(rows)
         n_max = n if n_max is None else n_max
         if not isinstance(n_max, int) or n_max < n:
-            raise ValueError(f"n_max: must be an int >= number of doses ({n}), got {n_max!r}")
+            raise ValueError(f"n_max: must be an int >= number of dose rows ({n}), got {n_max!r}")
         pad = n_max - n
         entry = np.zeros((n_max, N_COMPARTMENTS))
-        for i, d in enumerate(self.doses):
-            entry[i] = np.asarray(d.route.entry_distribution())
+        for i, r in enumerate(rows):
+            entry[i] = r["entry"]
         if pad:
             entry[n:, 0] = 1.0  # padding doses carry no cells; any valid distribution
+
+        def column(key):
+            return jnp.asarray([r[key] for r in rows] + [0.0] * pad, dtype=float)
+
         return DoseTable(
-            time_h=jnp.asarray([d.time_h for d in self.doses] + [0.0] * pad),
-            cells=jnp.asarray([d.cells for d in self.doses] + [0.0] * pad),
-            duration_h=jnp.asarray([d.infusion_h or 0.0 for d in self.doses] + [0.0] * pad),
+            time_h=column("time_h"),
+            cells=column("cells"),
+            duration_h=column("duration_h"),
             entry_distribution=jnp.asarray(entry),
-            device_depth_mm=jnp.asarray(
-                [DEVICE_DEPTH_MM[d.device] if d.device else 0.0 for d in self.doses] + [0.0] * pad
-            ),
+            device_depth_mm=column("depth"),
+            device_elapsed_h=column("elapsed"),
+            device_cells_per_ml=column("conc"),
+            central_line=column("central"),
         )

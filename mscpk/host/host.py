@@ -9,6 +9,11 @@
 - ``injury_level``: injury severity (0 none; 1 a typical experimental injury), >= 0.
 - ``heparin_iu_per_kg``: systemic heparin at infusion (IU/kg), >= 0.
 - ``gravity``: ``"1g"`` or ``"micro"`` (spaceflight) (static).
+- ``jugular_stasis``: stagnant or retrograde internal jugular venous flow, in [0, 1]
+  (0 normal flow, 1 fully stagnant). Found in 6 of 11 ISS crew around flight day 50
+  (Marshall-Goebel K et al. 2019 JAMA Netw Open 2:e1915011, doi:10.1001/jamanetworkopen.2019.15011,
+  Key Points, V); it raises the procoagulant activity met by doses given through a
+  central or jugular line (``Dose(site=...)``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class Host(eqx.Module):
     injury_level: Float[Array, ""]
     heparin_iu_per_kg: Float[Array, ""]
     gravity: str = eqx.field(static=True)
+    jugular_stasis: Float[Array, ""]
 
     def __init__(
         self,
@@ -42,6 +48,7 @@ class Host(eqx.Module):
         injury_level=0.0,
         heparin_iu_per_kg=0.0,
         gravity: str = "1g",
+        jugular_stasis=0.0,
     ):
         self.immune_status = check_choice("Host.immune_status", immune_status, IMMUNE_STATUS)
         self.immunosuppression = jnp.asarray(immunosuppression, dtype=float)
@@ -51,11 +58,13 @@ class Host(eqx.Module):
         self.injury_level = jnp.asarray(injury_level, dtype=float)
         self.heparin_iu_per_kg = jnp.asarray(heparin_iu_per_kg, dtype=float)
         self.gravity = check_choice("Host.gravity", gravity, GRAVITY)
+        self.jugular_stasis = jnp.asarray(jugular_stasis, dtype=float)
 
     def __check_init__(self):
         check_range("Host.immunosuppression", self.immunosuppression, 0.0, 1.0)
         check_positive("Host.injury_level", self.injury_level, allow_zero=True)
         check_positive("Host.heparin_iu_per_kg", self.heparin_iu_per_kg, allow_zero=True)
+        check_range("Host.jugular_stasis", self.jugular_stasis, 0.0, 1.0)
         level = concrete(self.injury_level)
         if self.injury_organ is None and level is not None and float(level) > 0:
             raise ValueError(

@@ -17,11 +17,17 @@ class Mechanisms(eqx.Module):
       procoagulant activity and their susceptibility to immune lysis. Off: ignored.
     - ``ibmir``: instant blood-mediated inflammatory reaction destroys part of the cells
       entering blood (tissue-factor driven, saturating with dose, lowered by heparin,
-      raised after thawing and in microgravity), lodges some as lung thrombi and raises
-      plasma TAT.
+      raised after thawing, in microgravity and by jugular venous stasis for central or
+      jugular lines), lodges some as lung thrombi and raises plasma TAT.
     - ``alloimmunity``: anti-donor effectors build up over days after exposure to
       mismatched cells, with memory on re-dosing, and kill arrested donor cells.
-    - ``injury_homing``: an injured organ captures more of the cells passing through it.
+    - ``injury_homing``: an injured organ captures more of the cells passing through it,
+      and its inflammation (resolved by the IL-10 signal of efferocytosis, relapsing
+      without it) raises the death rate of donor cells arrested there.
+
+    Environment and delivery effects that are not switches: device settling and
+    aggregation (only with ``Dose(device=...)``) and microgravity plasma volume and
+    cardiac output (only with ``Host(gravity="micro")``).
     """
 
     efferocytosis: bool = eqx.field(static=True, default=True)

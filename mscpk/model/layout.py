@@ -88,6 +88,7 @@ SCALARS: tuple[str, ...] = (
     "immune_effector",
     "immune_memory",
     "device_retained",
+    "inflammation_relief",
 )
 
 
@@ -98,7 +99,8 @@ class State(NamedTuple):
     pg/mL), ``tat`` (plasma thrombin-antithrombin, ng/mL above baseline) and the
     dimensionless alloimmune ``immune_effector`` and ``immune_memory`` levels (0-1).
     ``device_retained`` counts cells (with their DNA and label) that settled in the
-    infusion device and were never delivered. ``engulfed`` are dead cells inside phagocytes (with their DNA), before
+    infusion device and were never delivered. ``inflammation_relief`` (0-1) is the
+    fraction of the injured tissue's inflammation resolved by the donor cells' signal. ``engulfed`` are dead cells inside phagocytes (with their DNA), before
     digestion; ``label_engulfed`` their label. ``cells_cleared``, ``dna_degraded`` and
     ``label_eliminated`` are cumulative.
     """
@@ -119,6 +121,7 @@ class State(NamedTuple):
     immune_effector: Float[Array, ""]
     immune_memory: Float[Array, ""]
     device_retained: Float[Array, ""]
+    inflammation_relief: Float[Array, ""]
 
 
 assert State._fields == SIZE_RESOLVED_POOLS + COMPARTMENT_POOLS + SCALARS

@@ -39,6 +39,10 @@ from .transport import Circulation, circulation, first_pass_extraction, size_ext
 _LIVER = ORGANS.index("liver")
 _SPLEEN = ORGANS.index("spleen")
 _PORTAL = jnp.array([o in ("gut", "spleen") for o in ORGANS], dtype=float)
+#: Boltzmann constant (J/K, exact in SI since 2019).
+BOLTZMANN_J_PER_K = 1.380649e-23
+#: ASSUMPTION: cell suspensions are infused at room temperature, 22 degC.
+DEVICE_TEMPERATURE_K = 295.15
 
 
 class Observed(NamedTuple):
@@ -55,6 +59,7 @@ class Observed(NamedTuple):
     label_eliminated: Float[Array, "..."]
     il10: Float[Array, "..."]
     tat: Float[Array, "..."]
+    inflammation: Float[Array, "... O"]
 
 
 class Transport(NamedTuple):
@@ -63,6 +68,10 @@ class Transport(NamedTuple):
 
     cells: Circulation
     label: Circulation
+    aggregates: Circulation  # fates of cells entering blood as aggregates
+    aggregates_label: Circulation
+    extraction: Float[Array, "S O"]
+    aggregate_extraction: Float[Array, "S O"]
     label_dead_share: Float[Array, ""]
     rates: KineticParameters  # species-scaled (and cryo-adjusted) parameters
     death: Float[Array, " O"]  # death rates of arrested cells
@@ -131,10 +140,15 @@ class Model(eqx.Module):
         size_part = size_extraction(
             diameters, self.species.capillary_diameter_um, p.critical_diameter_ratio, p.arrest_steepness
         )
+        return first_pass_extraction(size_part, self._adhesion())
+
+    def _adhesion(self) -> Float[Array, " O"]:
+        """Size-independent capture per organ, raised in an injured organ (homing)."""
+        p = self.parameters
         adhesion = p.adhesion_extraction
         if self.mechanisms.injury_homing and self.host.injury_organ is not None:
             adhesion = 1.0 - (1.0 - adhesion) * jnp.exp(-p.homing_strength * self.host.injury_mask())
-        return first_pass_extraction(size_part, adhesion)
+        return adhesion
 
     def plasma_volume_ml(self) -> Float[Array, ""]:
         """Plasma volume (mL); reduced in microgravity by the spaceflight plasma loss."""
@@ -142,6 +156,14 @@ class Model(eqx.Module):
         if self.host.gravity == "micro":
             plasma = plasma * (1.0 - self.parameters.microgravity_plasma_volume_loss_fraction)
         return plasma
+
+    def cardiac_output_ml_per_h(self) -> Float[Array, ""]:
+        """Cardiac output (mL/h); raised in microgravity (cephalad fluid shift). Organ
+        flow fractions are kept: no organ-specific in-flight flow data were found."""
+        output = self.species.cardiac_output_ml_per_h
+        if self.host.gravity == "micro":
+            output = output * self.parameters.microgravity_cardiac_output_multiplier
+        return output
 
     def blood_volume_ml(self) -> Float[Array, ""]:
         """Circulating blood volume (mL): red-cell volume plus (possibly reduced) plasma."""
@@ -151,11 +173,14 @@ class Model(eqx.Module):
         """State-independent transport quantities (computed once per solve)."""
         r = self.rates
         extraction = self.extraction()
-        rate = self.species.cardiac_output_ml_per_h / self.blood_volume_ml()
+        rate = self.cardiac_output_ml_per_h() / self.blood_volume_ml()
         supply = self.species.arterial_supply_fraction
         cells = circulation(extraction, supply, rate, r.blood_death_rate_per_h)
         label_loss = r.blood_death_rate_per_h + r.label_leak_rate_per_h
         label = circulation(extraction, supply, rate, label_loss)
+        agg_extraction = self.aggregate_extraction()
+        aggregates = circulation(agg_extraction, supply, rate, r.blood_death_rate_per_h)
+        aggregates_label = circulation(agg_extraction, supply, rate, label_loss)
         share = jnp.where(
             label_loss > 0, r.blood_death_rate_per_h / jnp.where(label_loss > 0, label_loss, 1.0), 1.0
         )
@@ -166,6 +191,10 @@ class Model(eqx.Module):
         return Transport(
             cells,
             label,
+            aggregates,
+            aggregates_label,
+            extraction,
+            agg_extraction,
             share,
             rates=r,
             death=death,
@@ -214,6 +243,8 @@ class Model(eqx.Module):
         death = tr.death
         if strength is not None:  # anti-donor effectors kill arrested donor cells
             death = death + r.alloimmune_kill_rate_per_h * strength * x.immune_effector
+        if self._inflamed:  # the inflamed injured tissue kills arrested donor cells faster
+            death = death * (1.0 + r.inflammation_death_factor * self.inflammation(x.inflammation_relief))
         leak = r.label_leak_rate_per_h
         released = r.release_rate_per_h[None, :] * x.viable  # (S, O)
         released_l = r.release_rate_per_h[None, :] * x.label_viable
@@ -285,7 +316,17 @@ class Model(eqx.Module):
             immune_effector=zero,
             immune_memory=zero,
             device_retained=zero,
+            inflammation_relief=zero,
         )
+        if self._inflamed:
+            # IL-10 from phagocytes that engulfed donor cells resolves the injured
+            # tissue's inflammation; without it the injury re-inflames.
+            signal = x.il10 / (x.il10 + r.il10_half_effect_pg_per_ml)
+            rel = x.inflammation_relief
+            out["inflammation_relief"] = (
+                r.inflammation_resolution_rate_per_h * signal * (1.0 - rel)
+                - r.inflammation_relapse_rate_per_h * rel
+            )
         if strength is not None:
             donor_cells = x.viable.sum() + x.dead.sum() + x.engulfed.sum()
             half = r.antigen_half_cells_per_g * self.species.body_weight_g
@@ -300,6 +341,18 @@ class Model(eqx.Module):
             out["immune_effector"] = activation * antigen * (1.0 - z) - r.alloimmune_decay_rate_per_h * z
             out["immune_memory"] = r.alloimmune_memory_rate_per_h * z * (1.0 - m)
         return out
+
+    @property
+    def _inflamed(self) -> bool:
+        """Static: whether local inflammation is modelled (injury mechanism on and an
+        injured organ named)."""
+        return self.mechanisms.injury_homing and self.host.injury_organ is not None
+
+    def inflammation(self, relief) -> Float[Array, "... O"]:
+        """Local inflammation index per organ: the injury level, less the part resolved
+        (``relief`` in [0, 1], the ``inflammation_relief`` state)."""
+        mask = self.host.injury_mask() if self._inflamed else jnp.zeros(len(ORGANS))
+        return mask * (1.0 - jnp.asarray(relief)[..., None])
 
     def _migration(self, r: KineticParameters) -> Float[Array, "C C"]:
         """Generator moving phagocyte contents out of the lung to liver and spleen."""
@@ -341,21 +394,29 @@ class Model(eqx.Module):
             return jnp.zeros(())
         return self.product.cryo_injury(self.parameters.cryo_recovery_time_h)
 
-    def procoagulant_activity(self) -> Float[Array, ""]:
+    def stasis(self, dose) -> Float[Array, ""]:
+        """Venous stasis met by a dose: the host's jugular stasis for a central or
+        jugular line, 0 for a peripheral vein."""
+        return self.host.jugular_stasis * dose.central_line
+
+    def procoagulant_activity(self, stasis=0.0) -> Float[Array, ""]:
         """Procoagulant (IBMIR-driving) activity of the product in this host.
 
         ``ln(1 + TF+/TF_ref)`` (clotting time falls with log TF, George et al. 2020),
         times the cryo-injury factor (phosphatidylserine exposure after thawing), times
-        the microgravity coagulation multiplier, divided by ``1 + heparin/heparin_half``.
+        the microgravity coagulation multiplier, times ``1 + (m - 1) * stasis`` for
+        venous stasis at the infusion site (``stasis`` in [0, 1], :meth:`stasis`), divided
+        by ``1 + heparin/heparin_half``.
         """
         p = self.parameters
         activity = jnp.log1p(self.product.tf_positive_fraction / p.tf_reference_fraction)
         activity = activity * (1.0 + (p.cryo_death_multiplier - 1.0) * self.cryo_injury())
         if self.host.gravity == "micro":
             activity = activity * p.microgravity_coagulation_multiplier
+        activity = activity * (1.0 + (p.stasis_coagulation_multiplier - 1.0) * stasis)
         return activity / (1.0 + self.host.heparin_iu_per_kg / p.heparin_half_iu_per_kg)
 
-    def ibmir_kill_fraction(self, concentration_cells_per_ml) -> Float[Array, ""]:
+    def ibmir_kill_fraction(self, concentration_cells_per_ml, stasis=0.0) -> Float[Array, ""]:
         """Fraction of viable cells entering venous blood destroyed by IBMIR.
 
         Saturating in activity and consumption-limited in the concentration of incoming
@@ -364,17 +425,16 @@ class Model(eqx.Module):
         if not self.mechanisms.ibmir:
             return jnp.zeros(())
         p = self.parameters
-        a = self.procoagulant_activity()
+        a = self.procoagulant_activity(stasis)
         saturation = 1.0 / (1.0 + concentration_cells_per_ml / p.ibmir_saturation_cells_per_ml)
         return p.ibmir_max_kill_fraction * a / (a + p.ibmir_half_activity) * saturation
 
     def entry_concentration(self, cells, duration_h) -> Float[Array, ""]:
         """Incoming cells per mL of blood: a bolus mixes into blood volume, an infusion
         into the cardiac output passing by."""
-        sp = self.species
         bolus = cells / self.blood_volume_ml()
         rate = cells / jnp.where(duration_h > 0, duration_h, 1.0)
-        return jnp.where(duration_h > 0, rate / sp.cardiac_output_ml_per_h, bolus)
+        return jnp.where(duration_h > 0, rate / self.cardiac_output_ml_per_h(), bolus)
 
     def alloimmune_strength(self, p: KineticParameters):
         """Relative strength of the anti-donor response (static zero when none)."""
@@ -389,46 +449,100 @@ class Model(eqx.Module):
         lysis = 1.0 + (p.cryo_death_multiplier - 1.0) * self.cryo_injury()
         return mismatch * host * (1.0 - self.host.immunosuppression) * lysis
 
-    def device_delivery(self, duration_h, depth_mm) -> Float[Array, " S"]:
-        r"""Fraction of each diameter class delivered from a syringe or bag.
+    def device_profile(
+        self, duration_h, depth_mm, elapsed_h=0.0, device_cells_per_ml=0.0
+    ) -> tuple[Float[Array, " S"], Float[Array, " S"]]:
+        r"""Fractions of each diameter class pumped out of a syringe or bag over the
+        interval ``[elapsed_h, elapsed_h + duration_h]`` of an infusion that arrive as
+        single cells and as aggregates (the rest stays in the device).
 
-        Cells settle through the suspension depth at the Stokes velocity
-        :math:`v = \Delta\rho\, g\, d^2 / (18 \mu)`; over an infusion of duration
-        :math:`T` the mean fraction still suspended is :math:`1 - r/2` for
-        :math:`r = vT/H \le 1`, else :math:`1/(2r)`. Settled cells are delivered except
-        a retained share. No settling in microgravity, for a bolus or without a device.
+        *Settling.* Cells settle through the suspension depth :math:`H` at the Stokes
+        velocity :math:`v = \Delta\rho\, g\, d^2 / (18 \mu)`; at time :math:`\tau` the
+        part of the depth still holding suspended cells is :math:`s(\tau) = \max(0, 1 -
+        v\tau/H)`, averaged over the interval. Settled cells form a sediment; a share
+        ``device_retention_fraction`` stays behind and the rest is pushed out as clumps.
+
+        *Aggregation.* Suspended cells aggregate by Brownian collision (Smoluchowski,
+        constant kernel :math:`K = 8 k_B T / (3\mu)`): the fraction still single at
+        :math:`\tau` is :math:`1/(1 + \beta\tau)^2` with :math:`\beta = K c_0 / 2`, whose
+        interval mean is :math:`1/((1+\beta a)(1+\beta b))`. Sediment clumps and Brownian
+        clusters are both delivered as aggregates (diameter ``aggregate_diameter_ratio``
+        times the cell's), which are trapped like large cells (:meth:`dose_vector`).
+
+        In microgravity nothing settles and only Brownian aggregation remains. Without a
+        device (``depth_mm = 0``) or for a bolus every cell arrives single.
         """
         p = self.parameters
         diameters, _ = self.size_classes()
         g = 9.81 if self.host.gravity == "1g" else 0.0
+        has_device = (depth_mm > 0) & (duration_h > 0)
         delta_rho = (p.cell_density_g_per_ml - p.medium_density_g_per_ml) * 1000.0  # kg/m3
-        velocity_m_s = delta_rho * g * (diameters * 1e-6) ** 2 / (18.0 * p.medium_viscosity_mpa_s * 1e-3)
-        velocity_mm_h = velocity_m_s * 1000.0 * 3600.0
-        ratio = jnp.where(
-            depth_mm > 0, duration_h * velocity_mm_h / jnp.where(depth_mm > 0, depth_mm, 1.0), 0.0
-        )
-        ratio = jnp.maximum(ratio, 0.0)
-        suspended = jnp.where(ratio <= 1.0, 1.0 - 0.5 * ratio, 0.5 / jnp.where(ratio > 1.0, ratio, 1.0))
-        return suspended + (1.0 - suspended) * (1.0 - p.device_retention_fraction)
+        mu = p.medium_viscosity_mpa_s * 1e-3  # Pa s
+        velocity_mm_h = delta_rho * g * (diameters * 1e-6) ** 2 / (18.0 * mu) * 1000.0 * 3600.0
+        depth = jnp.where(depth_mm > 0, depth_mm, 1.0)
+        ua = jnp.maximum(velocity_mm_h * elapsed_h / depth, 0.0)
+        ub = jnp.maximum(velocity_mm_h * (elapsed_h + duration_h) / depth, 0.0)
 
-    def dose_vector(
-        self, entry_distribution: Float[Array, " C"], concentration=0.0, duration_h=0.0, depth_mm=0.0
-    ) -> Float[Array, " n"]:
-        """State increment per administered cell entering with ``entry_distribution``.
+        def settled_integral(u):  # integral of max(0, 1 - u) from 0 to u
+            return jnp.where(u <= 1.0, u - 0.5 * u**2, 0.5)
+
+        width = ub - ua
+        safe = jnp.where(width > 0, width, 1.0)
+        suspended = jnp.where(
+            width > 0, (settled_integral(ub) - settled_integral(ua)) / safe, jnp.clip(1.0 - ua, 0.0, 1.0)
+        )
+        kernel_ml_h = 8.0 * BOLTZMANN_J_PER_K * DEVICE_TEMPERATURE_K / (3.0 * mu) * 1e6 * 3600.0
+        beta = 0.5 * kernel_ml_h * device_cells_per_ml
+        single = 1.0 / ((1.0 + beta * elapsed_h) * (1.0 + beta * (elapsed_h + duration_h)))
+        singles = suspended * single
+        aggregates = suspended * (1.0 - single) + (1.0 - suspended) * (1.0 - p.device_retention_fraction)
+        ones = jnp.ones_like(diameters)
+        return jnp.where(has_device, singles, ones), jnp.where(has_device, aggregates, 0.0 * ones)
+
+    def device_delivery(
+        self, duration_h, depth_mm, elapsed_h=0.0, device_cells_per_ml=0.0
+    ) -> Float[Array, " S"]:
+        """Fraction of each diameter class delivered (single or aggregated); see
+        :meth:`device_profile`."""
+        singles, aggregates = self.device_profile(duration_h, depth_mm, elapsed_h, device_cells_per_ml)
+        return singles + aggregates
+
+    def aggregate_extraction(self) -> Float[Array, "S O"]:
+        """Per-pass arrest probability of aggregates of each diameter class."""
+        p = self.parameters
+        diameters, _ = self.size_classes()
+        size_part = size_extraction(
+            diameters * p.aggregate_diameter_ratio,
+            self.species.capillary_diameter_um,
+            p.critical_diameter_ratio,
+            p.arrest_steepness,
+        )
+        return first_pass_extraction(size_part, self._adhesion())
+
+    def dose_vector(self, dose) -> Float[Array, " n"]:
+        """State increment per administered cell of one dose row (a
+        :class:`~mscpk.dosing.regimen.DoseTable` with scalar fields, e.g. from
+        ``jax.vmap`` over a table).
 
         Viable cells split over diameter classes by quadrature weight and are placed at
-        their quasi-steady fate; the non-viable fraction enters as dead cells (in blood
-        for intravascular entry). Each cell carries one unit of label and of DNA.
+        their quasi-steady fate, single cells and device aggregates (:meth:`device_profile`)
+        each with their own first-pass arrest; the non-viable fraction enters as dead
+        cells (in blood for intravascular entry). Each cell carries one unit of label and
+        of DNA. Cells left in the device go to ``device_retained``.
         """
-        _, nominal = self.size_classes()
-        weights = nominal * self.device_delivery(duration_h, depth_mm)  # delivered, per class
-        delivered = jnp.sum(weights)
-        v = self.product.viability
         tr = self.transport()
-        e = self.extraction()
+        _, nominal = self.size_classes()
+        entry_distribution = dose.entry_distribution
+        singles, aggregates = self.device_profile(
+            dose.duration_h, dose.device_depth_mm, dose.device_elapsed_h, dose.device_cells_per_ml
+        )
+        w_single, w_agg = nominal * singles, nominal * aggregates  # delivered, per class
+        delivered = jnp.sum(w_single + w_agg)
+        v = self.product.viability
         # IBMIR destroys part of the viable cells entering venous blood (at the
         # concentration actually delivered from the device).
-        kill = self.ibmir_kill_fraction(concentration * delivered)
+        concentration = self.entry_concentration(dose.cells, dose.duration_h)
+        kill = self.ibmir_kill_fraction(concentration * delivered, self.stasis(dose))
         killed = kill * entry_distribution[BLOOD]
         surviving = entry_distribution.at[BLOOD].multiply(1.0 - kill)
         thrombus = self.parameters.ibmir_thrombus_fraction
@@ -439,17 +553,20 @@ class Model(eqx.Module):
             * killed
             * jnp.zeros(N_COMPARTMENTS).at[lung_c].set(thrombus).at[BLOOD].add(1.0 - thrombus)
         )
-        organs, blood_dead, _ = self._arrival(tr.cells, e, surviving)
-        organs_l, blood_lost_l, _ = self._arrival(tr.label, e, surviving)
-        w = v * weights  # (S,)
-        viable = w[:, None] * organs
-        label_viable = w[:, None] * organs_l
+        organs, blood_dead, _ = self._arrival(tr.cells, tr.extraction, surviving)
+        organs_l, blood_lost_l, _ = self._arrival(tr.label, tr.extraction, surviving)
+        organs_a, blood_dead_a, _ = self._arrival(tr.aggregates, tr.aggregate_extraction, surviving)
+        organs_al, blood_lost_al, _ = self._arrival(tr.aggregates_label, tr.aggregate_extraction, surviving)
+        ws, wa = v * w_single, v * w_agg  # (S,)
+        viable = ws[:, None] * organs + wa[:, None] * organs_a
+        label_viable = ws[:, None] * organs_l + wa[:, None] * organs_al
+        died_in_blood = jnp.sum(ws * blood_dead + wa * blood_dead_a)
+        lost_l = jnp.sum(ws * blood_lost_l + wa * blood_lost_al)
         dead = (
             (1.0 - v) * delivered * entry_distribution
             + ibmir_dead
-            + jnp.zeros(N_COMPARTMENTS).at[BLOOD].set(jnp.sum(w * blood_dead))
+            + jnp.zeros(N_COMPARTMENTS).at[BLOOD].set(died_in_blood)
         )
-        lost_l = jnp.sum(w * blood_lost_l)
         label_dead = (
             (1.0 - v) * delivered * entry_distribution
             + ibmir_dead
@@ -476,19 +593,31 @@ class Model(eqx.Module):
                 immune_effector=zero,
                 immune_memory=zero,
                 device_retained=1.0 - delivered,
+                inflammation_relief=zero,
             )
         )
 
-    def blood_input_per_cell(
-        self, entry_distribution: Float[Array, " C"], concentration=0.0, duration_h=0.0, depth_mm=0.0
-    ) -> Float[Array, " S"]:
-        """Viable cells per administered cell that reach venous blood, per class."""
+    def blood_input_per_cell(self, dose) -> Float[Array, " S"]:
+        """Viable cells per administered cell of one dose row that reach venous blood,
+        per class.
+
+        Device aggregates are counted as cells; they circulate for seconds before
+        arrest and :meth:`observe` gives them the single-cell blood residence (an
+        overestimate of circulating cells during such an infusion only).
+        """
+        tr = self.transport()
         _, weights = self.size_classes()
-        weights = weights * self.device_delivery(duration_h, depth_mm)
-        kill = self.ibmir_kill_fraction(concentration * jnp.sum(weights))
-        surviving = entry_distribution.at[BLOOD].multiply(1.0 - kill)
-        _, _, to_pool = self._arrival(self.transport().cells, self.extraction(), surviving)
-        return self.product.viability * weights * to_pool
+        singles, aggregates = self.device_profile(
+            dose.duration_h, dose.device_depth_mm, dose.device_elapsed_h, dose.device_cells_per_ml
+        )
+        concentration = self.entry_concentration(dose.cells, dose.duration_h)
+        kill = self.ibmir_kill_fraction(
+            concentration * jnp.sum(weights * (singles + aggregates)), self.stasis(dose)
+        )
+        surviving = dose.entry_distribution.at[BLOOD].multiply(1.0 - kill)
+        _, _, to_pool = self._arrival(tr.cells, tr.extraction, surviving)
+        _, _, to_pool_a = self._arrival(tr.aggregates, tr.aggregate_extraction, surviving)
+        return self.product.viability * weights * (singles * to_pool + aggregates * to_pool_a)
 
     # ----------------------------------------------------------------- observation
     def observe(self, y: Float[Array, "... n"], blood_input: Float[Array, "... S"]) -> Observed:
@@ -522,6 +651,7 @@ class Model(eqx.Module):
             x.label_eliminated,
             x.il10,
             x.tat,
+            self.inflammation(x.inflammation_relief),
         )
 
     # ----------------------------------------------------------------- invariants

@@ -55,6 +55,9 @@ MAY_BE_ZERO: tuple[str, ...] = (
     "alloimmune_memory_boost",
     "alloimmune_kill_rate_per_h",
     "homing_strength",
+    "inflammation_death_factor",
+    "inflammation_resolution_rate_per_h",
+    "inflammation_relapse_rate_per_h",
 )
 #: Clearance-type rates that scale with body weight**-1/4 from the reference mouse.
 #: Cell-intrinsic rates (death, release) are not scaled (assumption: a cell's survival
@@ -69,7 +72,13 @@ ALLOMETRIC_RATES: tuple[str, ...] = (
     "tat_clearance_rate_per_h",
 )
 #: Multipliers that must be >= 1.
-AT_LEAST_ONE: tuple[str, ...] = ("cryo_death_multiplier", "microgravity_coagulation_multiplier")
+AT_LEAST_ONE: tuple[str, ...] = (
+    "cryo_death_multiplier",
+    "microgravity_coagulation_multiplier",
+    "aggregate_diameter_ratio",
+    "stasis_coagulation_multiplier",
+    "microgravity_cardiac_output_multiplier",
+)
 
 
 class KineticParameters(eqx.Module):
@@ -166,6 +175,13 @@ class KineticParameters(eqx.Module):
     medium_density_g_per_ml: Float[Array, ""]
     medium_viscosity_mpa_s: Float[Array, ""]
     device_retention_fraction: Float[Array, ""]
+    aggregate_diameter_ratio: Float[Array, ""]
+    stasis_coagulation_multiplier: Float[Array, ""]
+    microgravity_cardiac_output_multiplier: Float[Array, ""]
+    inflammation_death_factor: Float[Array, ""]
+    il10_half_effect_pg_per_ml: Float[Array, ""]
+    inflammation_resolution_rate_per_h: Float[Array, ""]
+    inflammation_relapse_rate_per_h: Float[Array, ""]
     microgravity_plasma_volume_loss_fraction: Float[Array, ""]
 
     def __check_init__(self):

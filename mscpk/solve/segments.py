@@ -81,11 +81,8 @@ class Solution(eqx.Module):
 
 def event_schedule(table: DoseTable, model: Model, t_end_h):
     """Sorted events with the state jump each applies, and segment boundaries."""
-    entry = table.entry_distribution  # (N, C)
-    concentration = jax.vmap(model.entry_concentration)(table.cells, table.duration_h)  # (N,)
-    args = (entry, concentration, table.duration_h, table.device_depth_mm)
-    per_cell = jax.vmap(model.dose_vector)(*args)  # (N, n)
-    to_blood = jax.vmap(model.blood_input_per_cell)(*args)  # (N, S)
+    per_cell = jax.vmap(model.dose_vector)(table)  # (N, n)
+    to_blood = jax.vmap(model.blood_input_per_cell)(table)  # (N, S)
     is_bolus = table.duration_h <= 0.0
     start_jump = jnp.where(is_bolus[:, None], table.cells[:, None] * per_cell, 0.0)
     times = jnp.concatenate([table.time_h, table.time_h + table.duration_h])
