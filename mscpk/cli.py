@@ -16,7 +16,7 @@ from .host.host import GRAVITY, IMMUNE_STATUS
 from .model.layout import ORGANS
 from .physiology.species import SPECIES
 from .product.cell_product import CULTURES, DONORS, PREPARATIONS, presets
-from .routes import ROUTES
+from .routes import IA_TARGETS, ROUTES
 
 #: Options a scenario file may set (same names as the command-line options, with
 #: dashes or underscores).
@@ -40,6 +40,7 @@ SCENARIO_KEYS = (
     "culture",
     "site",
     "jugular_stasis",
+    "target",
 )
 
 SUMMARY_TIMES_H = (0.25, 1.0, 4.0, 24.0, 72.0)
@@ -130,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="infusion device in which cells settle during --infusion-min (default: none considered)",
     )
     sim.add_argument(
+        "--target",
+        choices=tuple(IA_TARGETS),
+        default=None,
+        help="arterial bed for --route ia (brain: carotid, heart: coronary, limb: femoral, liver: hepatic, kidney: renal)",
+    )
+    sim.add_argument(
         "--site",
         choices=SITES,
         default=None,
@@ -206,7 +213,10 @@ def _regimen(args):
             starts.append(t)
             t += args.repeat_every_h
     site = args.site or "peripheral"
-    return Regimen([Dose(t, args.cells, args.route, infusion_h, args.device, site) for t in starts])
+    if args.target is not None and args.route != "ia":
+        raise ValueError(f"--target: only used with --route ia, got --route {args.route}")
+    route = f"ia:{args.target}" if args.route == "ia" and args.target else args.route
+    return Regimen([Dose(t, args.cells, route, infusion_h, args.device, site) for t in starts])
 
 
 def apply_scenario(args, parser) -> None:
@@ -283,11 +293,15 @@ def cmd_simulate(args) -> int:
         raise ValueError("--cells: required (on the command line or in --scenario)")
     regimen = _regimen(args)
     organs = [o.strip() for o in args.organs.split(",") if o.strip()]
+    if args.route == "ia" and args.target and IA_TARGETS[args.target] not in organs:
+        organs.insert(1, IA_TARGETS[args.target])  # show the target bed
     result = simulate(args.species, _product(args), regimen, t_end_h=args.hours, host=_host(args))
     result.to_csv(args.out)
     table = result.summary(SUMMARY_TIMES_H, organs=organs)
     print(
-        f"mscpk: {args.species}, {args.product}, {args.route}, {len(regimen)} dose(s) of {args.cells:g} cells"
+        f"mscpk: {args.species}, {args.product}, {args.route}"
+        + (f" into {args.target}" if args.target else "")
+        + f", {len(regimen)} dose(s) of {args.cells:g} cells"
         + (f" over {args.infusion_min:g} min" if args.infusion_min else " (bolus)")
     )
     tat_peak = result.observations["tat"][:, 0].max()

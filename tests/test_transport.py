@@ -108,3 +108,22 @@ def test_solve_reports_failure_instead_of_zeros(mouse_model):
     assert not bool(mscpk.solve(mouse_model, late, jnp.array([1.0]), 2.0).success)
     starved = mscpk.solve(mouse_model, table, jnp.array([1.0, 2.0]), 2.0, mscpk.SolverConfig(max_steps=2))
     assert not bool(starved.success)
+
+
+def test_intra_arterial_delivery_meets_the_target_bed_first():
+    """Issue 4 (part): IA cells arrest in the target bed on first pass; those that pass
+    reach the lung, so the lung holds less than after IV delivery."""
+    times = [1.0]
+    iv = mscpk.simulate("mouse", "bm_msc", cells=1e6, t_end_h=2.0, times_h=times)
+    iv_lung = iv.percent_of_dose("viable_cells").loc[1.0, "lung"]
+    for target, organ in mscpk.routes.IA_TARGETS.items():
+        r = mscpk.simulate("mouse", "bm_msc", cells=1e6, route=f"ia:{target}", t_end_h=2.0, times_h=times)
+        pct = r.percent_of_dose("viable_cells").loc[1.0]
+        assert pct[organ] > 50.0, target
+        assert pct["lung"] < iv_lung, target
+        assert max(r.mass_balance().values()) <= 1e-9
+    with pytest.raises(ValueError, match="needs a target bed"):
+        mscpk.Dose(0.0, 1e6, route="ia")
+    with pytest.raises(ValueError, match="IntraArterial.target: unknown value 'toe'"):
+        mscpk.Dose(0.0, 1e6, route="ia:toe")
+    assert mscpk.routes.route("ia", "brain") == mscpk.routes.route("ia:brain")

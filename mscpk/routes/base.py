@@ -2,8 +2,8 @@
 
 A route maps a dose onto the compartments it enters, as a distribution over
 :data:`~mscpk.model.layout.COMPARTMENTS`. Intravenous cells enter venous blood and
-meet the lung first. Further routes (intra-arterial into a named bed, local depots)
-are added as further final subclasses of :class:`AbstractRoute`.
+meet the lung first; intra-arterial cells enter the arterial inlet of a named bed and
+meet its microvessels first (cells that pass go on to venous blood and the lung).
 """
 
 from __future__ import annotations
@@ -15,7 +15,18 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._validation import check_choice
-from ..model.layout import BLOOD, N_COMPARTMENTS
+from ..model.layout import BLOOD, N_BLOOD, N_COMPARTMENTS, ORGANS
+
+#: Arterial beds reachable by intra-arterial delivery and the model organ each feeds:
+#: brain via the carotid, heart via the coronaries, limb via the femoral artery (its
+#: muscle), liver via the hepatic artery, kidney via the renal artery.
+IA_TARGETS: dict[str, str] = {
+    "brain": "brain",
+    "heart": "heart",
+    "limb": "muscle",
+    "liver": "liver",
+    "kidney": "kidneys",
+}
 
 
 class AbstractRoute(eqx.Module):
@@ -36,12 +47,57 @@ class Intravenous(AbstractRoute):
         return jnp.zeros(N_COMPARTMENTS).at[BLOOD].set(1.0)
 
 
-_ROUTES: dict[str, type[AbstractRoute]] = {"iv": Intravenous}
+class IntraArterial(AbstractRoute):
+    """Intra-arterial injection or infusion into the arterial bed ``target`` (one of
+    :data:`IA_TARGETS`): cells meet that bed's microvessels first (size-dependent first-pass
+    arrest there); cells that pass leave with its venous outflow (through the liver for
+    portal organs) and reach the lung. Written ``"ia:<target>"`` in a regimen.
+
+    IBMIR is modelled for cells entering venous blood only; arterial delivery skips it.
+    """
+
+    target: str = eqx.field(static=True)
+
+    def __init__(self, target: str):
+        self.target = check_choice("IntraArterial.target", target, tuple(IA_TARGETS))
+
+    @property
+    def organ(self) -> str:
+        """The model organ the target bed belongs to."""
+        return IA_TARGETS[self.target]
+
+    def entry_distribution(self) -> Float[Array, " C"]:
+        return jnp.zeros(N_COMPARTMENTS).at[N_BLOOD + ORGANS.index(self.organ)].set(1.0)
+
+
+_ROUTES: dict[str, type[AbstractRoute]] = {"iv": Intravenous, "ia": IntraArterial}
 ROUTES: tuple[str, ...] = tuple(_ROUTES)
 
 
-def route(name: str | AbstractRoute) -> AbstractRoute:
-    """The route called ``name`` (one of :data:`ROUTES`), or ``name`` if already a route."""
+def route(name: str | AbstractRoute, target: str | None = None) -> AbstractRoute:
+    """The route called ``name`` (one of :data:`ROUTES`), or ``name`` if already a route.
+
+    Intra-arterial delivery needs a ``target`` bed, given as ``route("ia", "brain")`` or
+    ``route("ia:brain")``.
+    """
     if isinstance(name, AbstractRoute):
         return name
-    return _ROUTES[check_choice("route", name, ROUTES)]()
+    if not isinstance(name, str):
+        raise TypeError(f"route: expected a route name or an AbstractRoute, got {type(name).__name__}")
+    base, sep, suffix = name.partition(":")
+    if sep:
+        if target is not None and target != suffix:
+            raise ValueError(f"route: target given twice ({name!r} and target={target!r})")
+        target = suffix
+    base = check_choice("route", base, ROUTES)
+    if base == "ia":
+        if target is None:
+            raise ValueError(
+                f"route: intra-arterial delivery needs a target bed, e.g. 'ia:brain'; targets: {', '.join(IA_TARGETS)}"
+            )
+        return IntraArterial(target)
+    if target is not None:
+        raise ValueError(
+            f"route: a target bed is only meaningful for 'ia', got target={target!r} for {base!r}"
+        )
+    return _ROUTES[base]()
