@@ -127,3 +127,43 @@ def test_intra_arterial_delivery_meets_the_target_bed_first():
     with pytest.raises(ValueError, match="IntraArterial.target: unknown value 'toe'"):
         mscpk.Dose(0.0, 1e6, route="ia:toe")
     assert mscpk.routes.route("ia", "brain") == mscpk.routes.route("ia:brain")
+
+
+def test_intra_arterial_first_pass_arrest_of_large_cells():
+    """Issue 4 acceptance (part): first-pass arrest in every target bed >= 0.8 for cells
+    of 20 um and more (Toma 2009: 92 +/- 7 % of 23 um MSC arrest on first pass)."""
+    for species in ("mouse", "rat", "human"):
+        model = mscpk.build_model(species, "bm_msc")
+        p = model.parameters
+        d = jnp.array([20.0, 23.0, 30.0])
+        e = size_extraction(
+            d, model.species.capillary_diameter_um, p.critical_diameter_ratio, p.arrest_steepness
+        )
+        for organ in mscpk.routes.IA_TARGETS.values():
+            column = np.asarray(e[:, mscpk.ORGANS.index(organ)])
+            assert column[0] >= 0.8 and np.all(np.diff(column) > 0), (species, organ, column)
+
+
+def _embolic_risk(product="bm_msc", cells=1e6, route="ia:brain", hours=None):
+    import jax
+
+    model = mscpk.build_model("rat", product)
+    regimen = (
+        mscpk.Regimen.bolus(cells, route=route)
+        if hours is None
+        else mscpk.Regimen.infusion(cells, hours, route=route)
+    )
+    return float(jax.vmap(model.embolic_risk)(regimen.table()).sum())
+
+
+def test_embolic_risk_index_rises_with_size_and_dose():
+    by_size = [_embolic_risk(mscpk.cell_product("bm_msc", diameter_mean_um=d)) for d in (10, 15, 20, 25, 30)]
+    assert np.all(np.diff(by_size) > 0)
+    by_dose = [_embolic_risk(cells=c) for c in (2.5e5, 5e5, 1e6, 2e6)]
+    np.testing.assert_allclose(np.diff(np.log(by_dose)), np.log(2.0), rtol=1e-12)  # linear in dose
+    by_time = [_embolic_risk(hours=h) for h in (None, 0.1, 1.0, 4.0)]
+    assert np.all(np.diff(by_time) < 0)  # slower infusions occlude fewer vessels at once
+    msc = {p: _embolic_risk(p) for p in ("bm_msc", "uc_msc", "at_msc", "spheroid_msc")}
+    assert min(msc, key=msc.get) == "spheroid_msc"
+    # IV: the lung is the first bed; no arterial bed is met.
+    assert 0 < _embolic_risk(route="iv") < _embolic_risk()

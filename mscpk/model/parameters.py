@@ -182,6 +182,8 @@ class KineticParameters(eqx.Module):
     il10_half_effect_pg_per_ml: Float[Array, ""]
     inflammation_resolution_rate_per_h: Float[Array, ""]
     inflammation_relapse_rate_per_h: Float[Array, ""]
+    capillary_flow_ml_per_h: Float[Array, ""]
+    embolus_resolution_rate_per_h: Float[Array, ""]
     microgravity_plasma_volume_loss_fraction: Float[Array, ""]
 
     def __check_init__(self):
