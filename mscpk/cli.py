@@ -16,7 +16,7 @@ from .host.host import GRAVITY, IMMUNE_STATUS
 from .model.layout import ORGANS
 from .physiology.species import SPECIES
 from .product.cell_product import CULTURES, DONORS, PREPARATIONS, presets
-from .routes import IA_TARGETS, ROUTES
+from .routes import IA_TARGETS, ROUTES, VEHICLES
 
 #: Options a scenario file may set (same names as the command-line options, with
 #: dashes or underscores).
@@ -41,6 +41,7 @@ SCENARIO_KEYS = (
     "site",
     "jugular_stasis",
     "target",
+    "vehicle",
 )
 
 SUMMARY_TIMES_H = (0.25, 1.0, 4.0, 24.0, 72.0)
@@ -99,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--product", default="bm_msc", choices=presets(), help="cell-product preset (default: bm_msc)"
     )
-    sim.add_argument("--route", default="iv", choices=ROUTES, help="route of administration (default: iv)")
+    sim.add_argument(
+        "--route",
+        default="iv",
+        choices=ROUTES,
+        help="route of administration: iv, ia (with --target), im, sc, ip, topical (with --vehicle), extracorporeal (default: iv)",
+    )
     sim.add_argument(
         "--cells",
         type=_nonnegative_float("--cells"),
@@ -135,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=tuple(IA_TARGETS),
         default=None,
         help="arterial bed for --route ia (brain: carotid, heart: coronary, limb: femoral, liver: hepatic, kidney: renal)",
+    )
+    sim.add_argument(
+        "--vehicle",
+        choices=tuple(VEHICLES),
+        default=None,
+        help="vehicle of --route topical (default: suspension)",
     )
     sim.add_argument(
         "--site",
@@ -199,7 +211,50 @@ def build_parser() -> argparse.ArgumentParser:
         default="blood,lung,liver,spleen,bone_marrow,whole_body",
         help=f"comma-separated organs for the printed table (from blood, {', '.join(ORGANS)}, whole_body)",
     )
+    cmp = sub.add_parser(
+        "compare-routes",
+        help="give the same product and dose by every route and tabulate",
+        description=(
+            "Give one product and dose by every route (iv, ia into a bed, im, sc, ip, topical suspension/"
+            "hydrogel/patch, extracorporeal) and write one row per route: route, viable_cell_hours_total, "
+            "viable_cell_hours_target, lung_fraction_1h, days_to_1pct_viable, tat_peak, il10_auc, embolic_risk."
+        ),
+    )
+    cmp.add_argument("--species", default="mouse", choices=SPECIES, help="host species (default: mouse)")
+    cmp.add_argument(
+        "--product", default="bm_msc", choices=presets(), help="cell-product preset (default: bm_msc)"
+    )
+    cmp.add_argument(
+        "--cells", type=_positive_float("--cells"), required=True, help="cells per dose, e.g. 1e6"
+    )
+    cmp.add_argument(
+        "--target",
+        choices=tuple(IA_TARGETS),
+        default="limb",
+        help="arterial bed of the intra-arterial route (default: limb)",
+    )
+    cmp.add_argument(
+        "--days", type=_positive_float("--days"), default=180.0, help="horizon in days (default: 180)"
+    )
+    cmp.add_argument("--out", required=True, help="path of the CSV table to write")
+    cmp.add_argument("--plot", default=None, help="optional path of a PNG figure")
     return parser
+
+
+def cmd_compare_routes(args) -> int:
+    from .analysis.routes import compare_routes, plot_routes
+
+    table, results = compare_routes(
+        args.species, args.product, args.cells, ia_target=args.target, t_end_h=args.days * 24.0
+    )
+    table.to_csv(args.out, index=False)
+    print(f"mscpk: {args.species}, {args.product}, {args.cells:g} cells by every route, {args.days:g} days")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"wrote {args.out}")
+    if args.plot:
+        plot_routes(table, results, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
 
 
 def _regimen(args):
@@ -215,7 +270,13 @@ def _regimen(args):
     site = args.site or "peripheral"
     if args.target is not None and args.route != "ia":
         raise ValueError(f"--target: only used with --route ia, got --route {args.route}")
-    route = f"ia:{args.target}" if args.route == "ia" and args.target else args.route
+    if args.vehicle is not None and args.route != "topical":
+        raise ValueError(f"--vehicle: only used with --route topical, got --route {args.route}")
+    route = args.route
+    if args.route == "ia" and args.target:
+        route = f"ia:{args.target}"
+    elif args.route == "topical" and args.vehicle:
+        route = f"topical:{args.vehicle}"
     return Regimen([Dose(t, args.cells, route, infusion_h, args.device, site) for t in starts])
 
 
@@ -332,6 +393,8 @@ def main(argv=None) -> int:
         if args.command == "simulate":
             apply_scenario(args, parser)
             return cmd_simulate(args)
+        if args.command == "compare-routes":
+            return cmd_compare_routes(args)
     except (ValueError, TypeError) as err:
         print(f"mscpk: error: {err}", file=sys.stderr)
         return 2

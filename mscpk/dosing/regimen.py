@@ -17,7 +17,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._validation import check_choice
-from ..model.layout import N_COMPARTMENTS
+from ..model.layout import N_COMPARTMENTS, N_DEPOTS
 from ..routes.base import AbstractRoute
 from ..routes.base import route as make_route
 
@@ -110,6 +110,7 @@ class DoseTable(eqx.Module):
     device_elapsed_h: Float[Array, " N"]  # time since the device infusion began
     device_cells_per_ml: Float[Array, " N"]  # cell concentration loaded in the device
     central_line: Float[Array, " N"]  # 1 for a central or jugular line, 0 for peripheral
+    depot_entry: Float[Array, "N D"]  # fraction placed at each local site
 
 
 class Regimen:
@@ -175,6 +176,7 @@ class Regimen:
         out = []
         for d in self.doses:
             entry = np.asarray(d.route.entry_distribution())
+            depot = np.asarray(d.route.depot_distribution())
             central = 1.0 if d.site in ("central", "jugular") else 0.0
             if d.device is None or d.infusion_h is None:
                 out.append(
@@ -187,6 +189,7 @@ class Regimen:
                         elapsed=0.0,
                         conc=0.0,
                         central=central,
+                        depot=depot,
                     )
                 )
                 continue
@@ -203,6 +206,7 @@ class Regimen:
                         elapsed=i * step,
                         conc=d.cells / DEVICE_VOLUME_ML[d.device],
                         central=central,
+                        depot=depot,
                     )
                 )
         return out
@@ -221,8 +225,10 @@ class Regimen:
             raise ValueError(f"n_max: must be an int >= number of dose rows ({n}), got {n_max!r}")
         pad = n_max - n
         entry = np.zeros((n_max, N_COMPARTMENTS))
+        depot = np.zeros((n_max, N_DEPOTS))
         for i, r in enumerate(rows):
             entry[i] = r["entry"]
+            depot[i] = r["depot"]
         if pad:
             entry[n:, 0] = 1.0  # padding doses carry no cells; any valid distribution
 
@@ -238,4 +244,5 @@ class Regimen:
             device_elapsed_h=column("elapsed"),
             device_cells_per_ml=column("conc"),
             central_line=column("central"),
+            depot_entry=jnp.asarray(depot),
         )

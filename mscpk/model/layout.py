@@ -70,7 +70,25 @@ def compartment_index(name: str) -> int:
     return N_BLOOD + organ_index(name)
 
 
+#: Local administration sites outside the circulation (one column each in the depot
+#: pools): intramuscular, subcutaneous and intraperitoneal depots, a topical wound bed,
+#: cells still held in a topical hydrogel or patch, and an extracorporeal cartridge.
+DEPOTS: tuple[str, ...] = ("im", "sc", "ip", "wound", "hydrogel", "patch", "cartridge")
+N_DEPOTS = len(DEPOTS)
+#: Compartment whose dead-cell, phagocyte and label pools receive cells dying at each
+#: depot (``None``: outside the body).
+DEPOT_COMPARTMENT: dict[str, str | None] = {
+    "im": "muscle",
+    "sc": "skin",
+    "ip": "rest_of_body",
+    "wound": "skin",
+    "hydrogel": "skin",
+    "patch": "skin",
+    "cartridge": None,
+}
+
 SIZE_RESOLVED_POOLS: tuple[str, ...] = ("viable", "label_viable")
+DEPOT_POOLS: tuple[str, ...] = ("depot_viable", "depot_label")
 COMPARTMENT_POOLS: tuple[str, ...] = (
     "dead",
     "dna_residual",
@@ -89,6 +107,8 @@ SCALARS: tuple[str, ...] = (
     "immune_memory",
     "device_retained",
     "inflammation_relief",
+    "extracorporeal_removed",
+    "secreted_factor",
 )
 
 
@@ -100,13 +120,19 @@ class State(NamedTuple):
     dimensionless alloimmune ``immune_effector`` and ``immune_memory`` levels (0-1).
     ``device_retained`` counts cells (with their DNA and label) that settled in the
     infusion device and were never delivered. ``inflammation_relief`` (0-1) is the
-    fraction of the injured tissue's inflammation resolved by the donor cells' signal. ``engulfed`` are dead cells inside phagocytes (with their DNA), before
+    fraction of the injured tissue's inflammation resolved by the donor cells' signal.
+    ``depot_viable`` are living cells at a local site (:data:`DEPOTS`) with their label
+    ``depot_label``; ``extracorporeal_removed`` counts cells (with DNA and label) that died
+    in an extracorporeal cartridge, outside the body; ``secreted_factor`` is the plasma
+    level of the donor cells' secreted factor (ng/mL above baseline). ``engulfed`` are dead cells inside phagocytes (with their DNA), before
     digestion; ``label_engulfed`` their label. ``cells_cleared``, ``dna_degraded`` and
     ``label_eliminated`` are cumulative.
     """
 
     viable: Float[Array, "S O"]
     label_viable: Float[Array, "S O"]
+    depot_viable: Float[Array, "S D"]
+    depot_label: Float[Array, "S D"]
     dead: Float[Array, " C"]
     dna_residual: Float[Array, " C"]
     label_dead: Float[Array, " C"]
@@ -122,15 +148,18 @@ class State(NamedTuple):
     immune_memory: Float[Array, ""]
     device_retained: Float[Array, ""]
     inflammation_relief: Float[Array, ""]
+    extracorporeal_removed: Float[Array, ""]
+    secreted_factor: Float[Array, ""]
 
 
-assert State._fields == SIZE_RESOLVED_POOLS + COMPARTMENT_POOLS + SCALARS
+assert State._fields == SIZE_RESOLVED_POOLS + DEPOT_POOLS + COMPARTMENT_POOLS + SCALARS
 
 
 def state_size(n_size_classes: int) -> int:
     """Length of the flat state vector for ``n_size_classes`` diameter classes."""
     return (
         len(SIZE_RESOLVED_POOLS) * n_size_classes * N_ORGANS
+        + len(DEPOT_POOLS) * n_size_classes * N_DEPOTS
         + len(COMPARTMENT_POOLS) * N_COMPARTMENTS
         + len(SCALARS)
     )
@@ -143,6 +172,10 @@ def unpack(y: Float[Array, " n"], n_size_classes: int) -> State:
     for _ in SIZE_RESOLVED_POOLS:
         parts.append(y[off : off + so].reshape(n_size_classes, N_ORGANS))
         off += so
+    sd = n_size_classes * N_DEPOTS
+    for _ in DEPOT_POOLS:
+        parts.append(y[off : off + sd].reshape(n_size_classes, N_DEPOTS))
+        off += sd
     for _ in COMPARTMENT_POOLS:
         parts.append(y[off : off + N_COMPARTMENTS])
         off += N_COMPARTMENTS

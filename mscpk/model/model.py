@@ -32,13 +32,36 @@ from ..host.host import Host
 from ..mechanisms.switches import Mechanisms
 from ..physiology.species import Species
 from ..product.cell_product import CellProduct
-from .layout import BLOOD, N_BLOOD, N_COMPARTMENTS, ORGANS, State, pack, state_size, unpack
+from .layout import (
+    BLOOD,
+    DEPOT_COMPARTMENT,
+    DEPOTS,
+    N_BLOOD,
+    N_COMPARTMENTS,
+    N_DEPOTS,
+    ORGANS,
+    State,
+    pack,
+    state_size,
+    unpack,
+)
 from .parameters import KineticParameters
 from .transport import Circulation, circulation, first_pass_extraction, size_extraction
 
 _LIVER = ORGANS.index("liver")
 _SPLEEN = ORGANS.index("spleen")
 _PORTAL = jnp.array([o in ("gut", "spleen") for o in ORGANS], dtype=float)
+_WOUND = DEPOTS.index("wound")
+#: (C, D): the compartment each local site lies in (cartridge column empty).
+_DEPOT_TO_C = jnp.array(
+    [[1.0 if DEPOT_COMPARTMENT[d] == c else 0.0 for d in DEPOTS] for c in ("blood",) + ORGANS]
+)
+_DEPOT_TO_ORGAN = _DEPOT_TO_C[N_BLOOD:].T  # (D, O)
+_OUTSIDE = jnp.array([1.0 if DEPOT_COMPARTMENT[d] is None else 0.0 for d in DEPOTS])
+#: Where cells leaving a site go: venous blood (depots, wound bed) or the wound bed
+#: (hydrogel, patch); cells do not leave a cartridge.
+_EXIT_TO_BLOOD = jnp.array([1.0 if d in ("im", "sc", "ip", "wound") else 0.0 for d in DEPOTS])
+_EXIT_TO_WOUND = jnp.array([1.0 if d in ("hydrogel", "patch") else 0.0 for d in DEPOTS])
 #: Boltzmann constant (J/K, exact in SI since 2019).
 BOLTZMANN_J_PER_K = 1.380649e-23
 #: ASSUMPTION: cell suspensions are infused at room temperature, 22 degC.
@@ -60,6 +83,8 @@ class Observed(NamedTuple):
     il10: Float[Array, "..."]
     tat: Float[Array, "..."]
     inflammation: Float[Array, "... O"]
+    secreted_factor: Float[Array, "..."]
+    depot_viable: Float[Array, "... D"]  # living cells per local site (DEPOTS)
 
 
 class Transport(NamedTuple):
@@ -250,22 +275,36 @@ class Model(eqx.Module):
         released_l = r.release_rate_per_h[None, :] * x.label_viable
         label_lost = jnp.sum(tr.label.release_dead * released_l)
         died_in_blood = jnp.sum(tr.cells.release_dead * released)
-        dead_in = jnp.concatenate([jnp.reshape(died_in_blood, (1,)), death * x.viable.sum(0)])
-        label_dead_in = jnp.concatenate(
-            [jnp.reshape(label_lost * tr.label_dead_share, (1,)), death * x.label_viable.sum(0)]
+        dp = self._depot_flows(tr, x)
+        died_in_blood = died_in_blood + dp["died_in_blood"]
+        label_lost = label_lost + dp["label_lost"]
+        dead_in = jnp.concatenate([jnp.reshape(died_in_blood, (1,)), death * x.viable.sum(0)]) + dp["dead"]
+        label_dead_in = (
+            jnp.concatenate(
+                [jnp.reshape(label_lost * tr.label_dead_share, (1,)), death * x.label_viable.sum(0)]
+            )
+            + dp["label_dead"]
         )
+        signals = self._signals(r, x, strength)
+        signals["secreted_factor"] = dp["secreted_factor"]
         common = dict(
             viable=jnp.einsum("sij,sj->si", tr.cells.release, released)
             - released
-            - death[None, :] * x.viable,
+            - death[None, :] * x.viable
+            + dp["viable"],
             label_viable=jnp.einsum("sij,sj->si", tr.label.release, released_l)
             - released_l
-            - (death + leak)[None, :] * x.label_viable,
+            - (death + leak)[None, :] * x.label_viable
+            + dp["label_viable"],
+            depot_viable=dp["depot_viable"],
+            depot_label=dp["depot_label"],
+            extracorporeal_removed=dp["extracorporeal_removed"],
             dna_degraded=r.dna_degradation_rate_per_h * x.dna_residual.sum(),
             label_eliminated=leak * (x.label_viable.sum() + x.label_dead.sum())
             + r.label_residual_loss_rate_per_h * x.label_residual.sum()
-            + label_lost * (1.0 - tr.label_dead_share),
-            **self._signals(r, x, strength),
+            + label_lost * (1.0 - tr.label_dead_share)
+            + dp["label_eliminated"],
+            **signals,
         )
         if self.mechanisms.efferocytosis:
             # Dead cells are engulfed (saturable per organ), digested, and lung phagocytes
@@ -308,6 +347,55 @@ class Model(eqx.Module):
             )
         return pack(dx)
 
+    def depot_death_rates(self, r: KineticParameters, x: State, strength=None) -> Float[Array, " D"]:
+        """Death rates (1/h) of living cells at each local site (:data:`DEPOTS`): the
+        site's own rate, plus anti-donor killing (not behind a cartridge membrane) and
+        the inflammation of an injured organ the site lies in."""
+        death = r.depot_death_rate_per_h
+        inside = 1.0 - _OUTSIDE
+        if strength is not None:
+            death = death + r.alloimmune_kill_rate_per_h * strength * x.immune_effector * inside
+        if self._inflamed:
+            local = _DEPOT_TO_ORGAN @ self.inflammation(x.inflammation_relief)  # (D,)
+            death = death * (1.0 + r.inflammation_death_factor * local)
+        return death
+
+    def _depot_flows(self, tr: Transport, x: State) -> dict:
+        """Flows of the local sites: death in place (dead cells join the site's
+        compartment, or leave the body from a cartridge), exit to venous blood (IM, SC,
+        IP, wound: lymph/blood leakage, then the lung) or from a hydrogel/patch into the
+        wound bed, and the donor cells' secreted factor."""
+        r = tr.rates
+        death = self.depot_death_rates(r, x, tr.alloimmune)  # (D,)
+        leave = r.depot_exit_rate_per_h  # (D,)
+        leak = r.label_leak_rate_per_h
+        dv, dl = x.depot_viable, x.depot_label  # (S, D)
+        exit_v, exit_l = leave[None, :] * dv, leave[None, :] * dl
+        to_blood = exit_v @ _EXIT_TO_BLOOD  # (S,)
+        to_blood_l = exit_l @ _EXIT_TO_BLOOD
+        to_wound = exit_v @ _EXIT_TO_WOUND  # (S,)
+        to_wound_l = exit_l @ _EXIT_TO_WOUND
+        wound = jnp.zeros(N_DEPOTS).at[_WOUND].set(1.0)
+        dying = death[None, :] * dv  # (S, D)
+        dying_l = death[None, :] * dl
+        secretion = r.secretion_rate_ng_per_cell_h * (
+            x.viable.sum() + dv.sum(0) @ (1.0 - _OUTSIDE + _OUTSIDE * r.cartridge_transfer_fraction)
+        )
+        return dict(
+            depot_viable=-(death + leave)[None, :] * dv + to_wound[:, None] * wound[None, :],
+            depot_label=-(death + leave + leak)[None, :] * dl + to_wound_l[:, None] * wound[None, :],
+            viable=to_blood[:, None] * tr.cells.pool,
+            label_viable=to_blood_l[:, None] * tr.label.pool,
+            died_in_blood=jnp.sum(to_blood * tr.cells.pool_dead),
+            label_lost=jnp.sum(to_blood_l * tr.label.pool_dead),
+            dead=_DEPOT_TO_C @ dying.sum(0),
+            label_dead=_DEPOT_TO_C @ dying_l.sum(0),
+            extracorporeal_removed=dying.sum(0) @ _OUTSIDE,
+            label_eliminated=dying_l.sum(0) @ _OUTSIDE + leak * dl.sum(),
+            secreted_factor=secretion / tr.plasma_ml
+            - r.secreted_factor_clearance_rate_per_h * x.secreted_factor,
+        )
+
     def _signals(self, r: KineticParameters, x: State, strength) -> dict:
         """Right-hand side of TAT and of the alloimmune effector and memory levels."""
         zero = jnp.zeros(())
@@ -328,7 +416,9 @@ class Model(eqx.Module):
                 - r.inflammation_relapse_rate_per_h * rel
             )
         if strength is not None:
-            donor_cells = x.viable.sum() + x.dead.sum() + x.engulfed.sum()
+            donor_cells = (
+                x.viable.sum() + x.dead.sum() + x.engulfed.sum() + x.depot_viable.sum(0) @ (1.0 - _OUTSIDE)
+            )
             half = r.antigen_half_cells_per_g * self.species.body_weight_g
             antigen = donor_cells / (donor_cells + half)
             z, m = x.immune_effector, x.immune_memory
@@ -615,6 +705,13 @@ class Model(eqx.Module):
             + ibmir_dead
             + jnp.zeros(N_COMPARTMENTS).at[BLOOD].set(lost_l * tr.label_dead_share)
         )
+        # Local routes: living cells stay at their site; non-viable ones die there.
+        depot = dose.depot_entry  # (D,)
+        depot_viable = v * (w_single + w_agg)[:, None] * depot[None, :]
+        depot_dead = (1.0 - v) * delivered * depot
+        dead = dead + _DEPOT_TO_C @ depot_dead
+        label_dead = label_dead + _DEPOT_TO_C @ depot_dead
+        outside = depot_dead @ _OUTSIDE
         plasma_ml = self.plasma_volume_ml()
         tat = self.parameters.tat_yield_ng_per_cell * v * delivered * killed / plasma_ml
         zero_c, zero = jnp.zeros(N_COMPARTMENTS), jnp.zeros(())
@@ -622,6 +719,8 @@ class Model(eqx.Module):
             State(
                 viable=viable,
                 label_viable=label_viable,
+                depot_viable=depot_viable,
+                depot_label=depot_viable,
                 dead=dead,
                 dna_residual=zero_c,
                 label_dead=label_dead,
@@ -630,13 +729,15 @@ class Model(eqx.Module):
                 label_engulfed=zero_c,
                 cells_cleared=zero,
                 dna_degraded=zero,
-                label_eliminated=lost_l * (1.0 - tr.label_dead_share),
+                label_eliminated=lost_l * (1.0 - tr.label_dead_share) + outside,
                 il10=zero,
                 tat=tat,
                 immune_effector=zero,
                 immune_memory=zero,
                 device_retained=1.0 - delivered,
                 inflammation_relief=zero,
+                extracorporeal_removed=outside,
+                secreted_factor=zero,
             )
         )
 
@@ -674,14 +775,29 @@ class Model(eqx.Module):
         r = tr.rates
         released = r.release_rate_per_h * x.viable  # (..., S, O)
         released_l = r.release_rate_per_h * x.label_viable
-        into_blood = blood_input + jnp.sum(tr.cells.release_to_pool * released, -1)  # (..., S)
-        into_blood_l = blood_input + jnp.sum(tr.label.release_to_pool * released_l, -1)
+        leave = r.depot_exit_rate_per_h * _EXIT_TO_BLOOD  # (D,) local sites draining to blood
+        into_blood = (
+            blood_input
+            + jnp.sum(tr.cells.release_to_pool * released, -1)
+            + jnp.sum(leave * x.depot_viable, -1)
+        )  # (..., S)
+        into_blood_l = (
+            blood_input
+            + jnp.sum(tr.label.release_to_pool * released_l, -1)
+            + jnp.sum(leave * x.depot_label, -1)
+        )
         blood = jnp.sum(into_blood / (tr.cells.out_rate + r.blood_death_rate_per_h), -1)
         blood_l = jnp.sum(
             into_blood_l / (tr.label.out_rate + r.blood_death_rate_per_h + r.label_leak_rate_per_h), -1
         )
-        viable = jnp.concatenate([blood[..., None], x.viable.sum(-2)], -1)
-        label_viable = jnp.concatenate([blood_l[..., None], x.label_viable.sum(-2)], -1)
+        # Cells at local sites count in the compartment the site lies in (not a cartridge).
+        viable = (
+            jnp.concatenate([blood[..., None], x.viable.sum(-2)], -1) + x.depot_viable.sum(-2) @ _DEPOT_TO_C.T
+        )
+        label_viable = (
+            jnp.concatenate([blood_l[..., None], x.label_viable.sum(-2)], -1)
+            + x.depot_label.sum(-2) @ _DEPOT_TO_C.T
+        )
         return Observed(
             viable,
             label_viable,
@@ -695,17 +811,22 @@ class Model(eqx.Module):
             x.il10,
             x.tat,
             self.inflammation(x.inflammation_relief),
+            x.secreted_factor,
+            x.depot_viable.sum(-2),
         )
 
     # ----------------------------------------------------------------- invariants
     def totals(self, y: Float[Array, "... n"]) -> dict[str, Float[Array, "..."]]:
         """Conserved totals of a state (or batch of states): cells, DNA, label."""
         x = unpack_batch(y, self.n_size_classes)
-        viable, dead, engulfed = x.viable.sum((-1, -2)), x.dead.sum(-1), x.engulfed.sum(-1)
-        cells = viable + dead + engulfed + x.cells_cleared + x.device_retained
-        dna = viable + dead + engulfed + x.dna_residual.sum(-1) + x.dna_degraded + x.device_retained
+        viable = x.viable.sum((-1, -2)) + x.depot_viable.sum((-1, -2))
+        dead, engulfed = x.dead.sum(-1), x.engulfed.sum(-1)
+        outside = x.device_retained + x.extracorporeal_removed
+        cells = viable + dead + engulfed + x.cells_cleared + outside
+        dna = viable + dead + engulfed + x.dna_residual.sum(-1) + x.dna_degraded + outside
         label = (
             x.label_viable.sum((-1, -2))
+            + x.depot_label.sum((-1, -2))
             + x.label_dead.sum(-1)
             + x.label_engulfed.sum(-1)
             + x.label_residual.sum(-1)

@@ -20,7 +20,7 @@ import pandas as pd
 from jaxtyping import Array, Float
 
 from .._validation import check_positive, check_range
-from .layout import N_ORGANS, ORGANS
+from .layout import DEPOTS, N_DEPOTS, N_ORGANS, ORGANS
 
 #: Parameters with one value per organ (in ORGANS order); all others are scalars.
 PER_ORGAN: tuple[str, ...] = (
@@ -28,6 +28,8 @@ PER_ORGAN: tuple[str, ...] = (
     "release_rate_per_h",
     "death_rate_per_h",
 )
+#: Parameters with one value per local site (in DEPOTS order).
+PER_DEPOT: tuple[str, ...] = ("depot_death_rate_per_h", "depot_exit_rate_per_h")
 #: Fractions (must lie in [0, 1]); all other parameters must be > 0 (rates may be 0).
 FRACTIONS: tuple[str, ...] = (
     "adhesion_extraction",
@@ -38,6 +40,7 @@ FRACTIONS: tuple[str, ...] = (
     "athymic_response_fraction",
     "device_retention_fraction",
     "microgravity_plasma_volume_loss_fraction",
+    "cartridge_transfer_fraction",
 )
 #: Rates that may be exactly 0 (a process switched off).
 MAY_BE_ZERO: tuple[str, ...] = (
@@ -58,6 +61,9 @@ MAY_BE_ZERO: tuple[str, ...] = (
     "inflammation_death_factor",
     "inflammation_resolution_rate_per_h",
     "inflammation_relapse_rate_per_h",
+    "depot_death_rate_per_h",
+    "depot_exit_rate_per_h",
+    "secretion_rate_ng_per_cell_h",
 )
 #: Clearance-type rates that scale with body weight**-1/4 from the reference mouse.
 #: Cell-intrinsic rates (death, release) are not scaled (assumption: a cell's survival
@@ -184,13 +190,18 @@ class KineticParameters(eqx.Module):
     inflammation_relapse_rate_per_h: Float[Array, ""]
     capillary_flow_ml_per_h: Float[Array, ""]
     embolus_resolution_rate_per_h: Float[Array, ""]
+    depot_death_rate_per_h: Float[Array, " D"]
+    depot_exit_rate_per_h: Float[Array, " D"]
+    secretion_rate_ng_per_cell_h: Float[Array, ""]
+    secreted_factor_clearance_rate_per_h: Float[Array, ""]
+    cartridge_transfer_fraction: Float[Array, ""]
     microgravity_plasma_volume_loss_fraction: Float[Array, ""]
 
     def __check_init__(self):
         for name in parameter_names():
             value = getattr(self, name)
             field = f"KineticParameters.{name}"
-            expected = (N_ORGANS,) if name in PER_ORGAN else ()
+            expected = (N_ORGANS,) if name in PER_ORGAN else (N_DEPOTS,) if name in PER_DEPOT else ()
             if (
                 isinstance(value, jax.Array | np.ndarray)
                 and value.shape != expected
@@ -219,13 +230,17 @@ class KineticParameters(eqx.Module):
                     f"parameter: unknown parameter {key!r}; allowed: {', '.join(parameter_names())}"
                 )
             if isinstance(new, dict):
-                if key not in PER_ORGAN:
-                    raise TypeError(f"{key}: a dict of organ values is only allowed for {PER_ORGAN}")
+                if key not in PER_ORGAN + PER_DEPOT:
+                    raise TypeError(
+                        f"{key}: a dict of organ or site values is only allowed for {PER_ORGAN + PER_DEPOT}"
+                    )
+                names = ORGANS if key in PER_ORGAN else DEPOTS
                 arr = jnp.asarray(values[key])
-                for organ, v in new.items():
-                    if organ not in ORGANS:
-                        raise ValueError(f"{key}: unknown organ {organ!r}; allowed: {', '.join(ORGANS)}")
-                    arr = arr.at[ORGANS.index(organ)].set(v)
+                for where, v in new.items():
+                    if where not in names:
+                        what = "organ" if key in PER_ORGAN else "site"
+                        raise ValueError(f"{key}: unknown {what} {where!r}; allowed: {', '.join(names)}")
+                    arr = arr.at[names.index(where)].set(v)
                 new = arr
             values[key] = jnp.asarray(new, dtype=float)
         return KineticParameters(**values)
@@ -259,7 +274,13 @@ def _default_values() -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name in parameter_names():
         rows = table[table.parameter == name]
-        if name in PER_ORGAN:
+        if name in PER_DEPOT:
+            by_site = dict(zip(rows.organ, rows.value, strict=True))
+            missing = [d for d in DEPOTS if d not in by_site]
+            if missing:
+                raise ValueError(f"kinetic_defaults.csv: {name} has no value for sites {missing}")
+            out[name] = np.array([by_site[d] for d in DEPOTS], dtype=float)
+        elif name in PER_ORGAN:
             by_organ = dict(zip(rows.organ, rows.value, strict=True))
             fallback = by_organ.get("all")
             missing = [o for o in ORGANS if o not in by_organ and fallback is None]

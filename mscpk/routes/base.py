@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._validation import check_choice
-from ..model.layout import BLOOD, N_BLOOD, N_COMPARTMENTS, ORGANS
+from ..model.layout import BLOOD, DEPOTS, N_BLOOD, N_COMPARTMENTS, N_DEPOTS, ORGANS
 
 #: Arterial beds reachable by intra-arterial delivery and the model organ each feeds:
 #: brain via the carotid, heart via the coronaries, limb via the femoral artery (its
@@ -38,6 +38,11 @@ class AbstractRoute(eqx.Module):
 
         ``blood`` means venous blood; an organ means that organ's arterial inlet.
         """
+
+    def depot_distribution(self) -> Float[Array, " D"]:
+        """Fraction of the dose placed at each local site (:data:`~mscpk.model.layout.DEPOTS`);
+        zero for intravascular routes."""
+        return jnp.zeros(N_DEPOTS)
 
 
 class Intravenous(AbstractRoute):
@@ -70,7 +75,84 @@ class IntraArterial(AbstractRoute):
         return jnp.zeros(N_COMPARTMENTS).at[N_BLOOD + ORGANS.index(self.organ)].set(1.0)
 
 
-_ROUTES: dict[str, type[AbstractRoute]] = {"iv": Intravenous, "ia": IntraArterial}
+class _Local(AbstractRoute):
+    """A route that places cells at one local site (no direct entry into blood)."""
+
+    def entry_distribution(self) -> Float[Array, " C"]:
+        return jnp.zeros(N_COMPARTMENTS)
+
+    def depot_distribution(self) -> Float[Array, " D"]:
+        return jnp.zeros(N_DEPOTS).at[DEPOTS.index(self.site)].set(1.0)
+
+    @property
+    @abc.abstractmethod
+    def site(self) -> str:
+        """The local site (one of DEPOTS)."""
+
+
+class Intramuscular(_Local):
+    """Intramuscular depot: cells stay in the muscle, die there (dead cells join the
+    muscle's phagocyte pools) and leak slowly to blood (then the lung)."""
+
+    @property
+    def site(self) -> str:
+        return "im"
+
+
+class Subcutaneous(_Local):
+    """Subcutaneous depot (skin compartment); as intramuscular with its own rates."""
+
+    @property
+    def site(self) -> str:
+        return "sc"
+
+
+class Intraperitoneal(_Local):
+    """Intraperitoneal: cells in the peritoneal cavity (counted in ``rest_of_body``),
+    drained slowly by lymphatics to blood."""
+
+    @property
+    def site(self) -> str:
+        return "ip"
+
+
+#: Topical vehicles and the site that first holds the cells.
+VEHICLES: dict[str, str] = {"suspension": "wound", "hydrogel": "hydrogel", "patch": "patch"}
+
+
+class Topical(_Local):
+    """Topical application on a wound (skin): a cell suspension goes straight onto the
+    wound bed; a hydrogel or patch holds the cells (better survival) and releases them
+    into the wound bed first-order. Written ``"topical:<vehicle>"``."""
+
+    vehicle: str = eqx.field(static=True)
+
+    def __init__(self, vehicle: str = "suspension"):
+        self.vehicle = check_choice("Topical.vehicle", vehicle, tuple(VEHICLES))
+
+    @property
+    def site(self) -> str:
+        return VEHICLES[self.vehicle]
+
+
+class Extracorporeal(_Local):
+    """Extracorporeal cartridge (dialyser-type, in a blood circuit): cells stay outside
+    the body behind a membrane; only their secreted factor reaches blood."""
+
+    @property
+    def site(self) -> str:
+        return "cartridge"
+
+
+_ROUTES: dict[str, type[AbstractRoute]] = {
+    "iv": Intravenous,
+    "ia": IntraArterial,
+    "im": Intramuscular,
+    "sc": Subcutaneous,
+    "ip": Intraperitoneal,
+    "topical": Topical,
+    "extracorporeal": Extracorporeal,
+}
 ROUTES: tuple[str, ...] = tuple(_ROUTES)
 
 
@@ -78,7 +160,8 @@ def route(name: str | AbstractRoute, target: str | None = None) -> AbstractRoute
     """The route called ``name`` (one of :data:`ROUTES`), or ``name`` if already a route.
 
     Intra-arterial delivery needs a ``target`` bed, given as ``route("ia", "brain")`` or
-    ``route("ia:brain")``.
+    ``route("ia:brain")``; topical delivery takes a vehicle the same way
+    (``"topical:hydrogel"``, default suspension).
     """
     if isinstance(name, AbstractRoute):
         return name
@@ -96,8 +179,11 @@ def route(name: str | AbstractRoute, target: str | None = None) -> AbstractRoute
                 f"route: intra-arterial delivery needs a target bed, e.g. 'ia:brain'; targets: {', '.join(IA_TARGETS)}"
             )
         return IntraArterial(target)
+    if base == "topical":
+        return Topical(target or "suspension")
     if target is not None:
         raise ValueError(
-            f"route: a target bed is only meaningful for 'ia', got target={target!r} for {base!r}"
+            f"route: an option after ':' is only meaningful for 'ia' (target bed) and 'topical' (vehicle), "
+            f"got {target!r} for {base!r}"
         )
     return _ROUTES[base]()

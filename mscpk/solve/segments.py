@@ -48,7 +48,7 @@ class SolverConfig(eqx.Module):
     solver: str = eqx.field(static=True, default="tsit5")
     rtol: float = eqx.field(static=True, default=1e-8)
     atol: float = eqx.field(static=True, default=1e-13)
-    max_steps: int = eqx.field(static=True, default=4096)
+    max_steps: int = eqx.field(static=True, default=16384)
 
     def __check_init__(self):
         if self.solver not in SOLVERS:
