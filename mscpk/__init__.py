@@ -18,6 +18,7 @@ import jax as _jax
 # x64 everywhere: mass balance to 1e-9 and finite-difference gradient checks need it.
 _jax.config.update("jax_enable_x64", True)
 
+from .analysis.routes import compare_routes as compare_routes
 from .api import SolveError as SolveError
 from .api import build_model as build_model
 from .api import default_times as default_times
@@ -70,6 +71,7 @@ __all__ = [
     "Species",
     "build_model",
     "cell_product",
+    "compare_routes",
     "default_times",
     "presets",
     "simulate",
