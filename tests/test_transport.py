@@ -1,6 +1,7 @@
 """Transport: arrest probabilities, conservation of the circulation, and the
 quasi-steady circulation against an independent dynamic-blood reference model."""
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -167,3 +168,25 @@ def test_embolic_risk_index_rises_with_size_and_dose():
     assert min(msc, key=msc.get) == "spheroid_msc"
     # IV: the lung is the first bed; no arterial bed is met.
     assert 0 < _embolic_risk(route="iv") < _embolic_risk()
+
+
+def test_embolic_risk_gradient_matches_finite_differences():
+    import jax
+
+    model = mscpk.build_model("rat", "bm_msc")
+    row = jax.tree_util.tree_map(lambda a: a[0], mscpk.Regimen.infusion(1e6, 0.2, route="ia:brain").table())
+    names = ("capillary_flow_ml_per_h", "embolus_resolution_rate_per_h", "aggregate_diameter_ratio")
+
+    def f(x):
+        p = model.parameters.replace(**dict(zip(names, x, strict=True)))
+        m = eqx.tree_at(lambda m: m.parameters, model, p)
+        return m.embolic_risk(row)
+
+    x0 = jnp.array([float(getattr(model.parameters, n)) for n in names])
+    g = np.asarray(jax.grad(f)(x0))
+    for i in range(2):  # aggregates: none without a device, so no sensitivity
+        h = 1e-6 * float(x0[i])
+        e = jnp.zeros_like(x0).at[i].set(h)
+        fd = (float(f(x0 + e)) - float(f(x0 - e))) / (2 * h)
+        assert abs(g[i] - fd) <= 1e-6 * abs(fd), (names[i], g[i], fd)
+    assert g[2] == 0.0
