@@ -61,6 +61,13 @@ def test_extracorporeal_cells_never_enter_the_body(mouse_routes):
     assert r.observations["secreted_factor"][:, 0].max() > 0.0
     state = unpack(jnp.asarray(r.states[-1]), 5)
     assert float(state.depot_viable[:, DEPOTS.index("cartridge")].sum()) > 0.0  # still alive outside
+    # The factor reaching blood rises with the circuit's blood flow.
+    p = mscpk.KineticParameters.default()
+    transfer = [
+        float(mscpk.Model.cartridge_transfer(p.replace(cartridge_blood_flow_ml_per_h=q)))
+        for q in (1e3, 9e3, 3e4)
+    ]
+    assert 0 < transfer[0] < transfer[1] < transfer[2] < 1
 
 
 def test_mass_balance_every_route_and_mixed_regimens(mouse_routes):
@@ -97,7 +104,9 @@ def test_gradients_of_route_parameters_match_finite_differences():
         "depot_death_rate_per_h",
         "depot_exit_rate_per_h",
         "secretion_rate_ng_per_cell_h",
-        "cartridge_transfer_fraction",
+        "cartridge_blood_flow_ml_per_h",
+        "cartridge_permeability_surface_ml_per_h",
+        "cartridge_effluent_flow_ml_per_h",
     )
 
     def f(x):

@@ -100,14 +100,16 @@ def test_quasi_steady_circulation_matches_dynamic_blood(species, product):
     np.testing.assert_allclose(ours.sum(0), ref.sum(0), rtol=2e-3, atol=1e-7)
 
 
-def test_solve_reports_failure_instead_of_zeros(mouse_model):
+def test_solve_reports_failure_instead_of_zeros(mouse_model, solve_jit):
     table = mscpk.Regimen.bolus(1e6).table()
-    inside = mscpk.solve(mouse_model, table, jnp.array([1.0, 2.0]), 2.0)
-    outside = mscpk.solve(mouse_model, table, jnp.array([1.0, 3.0]), 2.0)
+    inside = solve_jit(mouse_model, table, jnp.array([1.0, 2.0]), jnp.asarray(2.0))
+    outside = solve_jit(mouse_model, table, jnp.array([1.0, 3.0]), jnp.asarray(2.0))
     assert bool(inside.success) and not bool(outside.success)
     late = mscpk.Regimen([mscpk.Dose(0.0, 1e6), mscpk.Dose(1.5, 1e6, infusion_h=1.0)]).table()
-    assert not bool(mscpk.solve(mouse_model, late, jnp.array([1.0]), 2.0).success)
-    starved = mscpk.solve(mouse_model, table, jnp.array([1.0, 2.0]), 2.0, mscpk.SolverConfig(max_steps=2))
+    assert not bool(solve_jit(mouse_model, late, jnp.array([1.0, 2.0]), jnp.asarray(2.0)).success)
+    starved = solve_jit(
+        mouse_model, table, jnp.array([1.0, 2.0]), jnp.asarray(2.0), mscpk.SolverConfig(max_steps=2)
+    )
     assert not bool(starved.success)
 
 

@@ -360,6 +360,20 @@ class Model(eqx.Module):
             death = death * (1.0 + r.inflammation_death_factor * local)
         return death
 
+    @staticmethod
+    def cartridge_transfer(r: KineticParameters) -> Float[Array, ""]:
+        r"""Fraction of what cartridge cells secrete that reaches the patient's blood.
+
+        The circuit's blood flow :math:`Q` clears the factor from the cell side of the
+        membrane (permeability-surface product :math:`PS`) at
+        :math:`C = Q (1 - e^{-PS/Q})`; the effluent (filtrate) flow :math:`Q_e` carries the
+        rest away, so the fraction is :math:`C / (C + Q_e)`: it rises with blood flow and
+        saturates at :math:`PS / (PS + Q_e)`.
+        """
+        q = r.cartridge_blood_flow_ml_per_h
+        clearance = q * -jnp.expm1(-r.cartridge_permeability_surface_ml_per_h / q)
+        return clearance / (clearance + r.cartridge_effluent_flow_ml_per_h)
+
     def _depot_flows(self, tr: Transport, x: State) -> dict:
         """Flows of the local sites: death in place (dead cells join the site's
         compartment, or leave the body from a cartridge), exit to venous blood (IM, SC,
@@ -379,7 +393,7 @@ class Model(eqx.Module):
         dying = death[None, :] * dv  # (S, D)
         dying_l = death[None, :] * dl
         secretion = r.secretion_rate_ng_per_cell_h * (
-            x.viable.sum() + dv.sum(0) @ (1.0 - _OUTSIDE + _OUTSIDE * r.cartridge_transfer_fraction)
+            x.viable.sum() + dv.sum(0) @ (1.0 - _OUTSIDE + _OUTSIDE * self.cartridge_transfer(r))
         )
         return dict(
             depot_viable=-(death + leave)[None, :] * dv + to_wound[:, None] * wound[None, :],

@@ -40,7 +40,6 @@ FRACTIONS: tuple[str, ...] = (
     "athymic_response_fraction",
     "device_retention_fraction",
     "microgravity_plasma_volume_loss_fraction",
-    "cartridge_transfer_fraction",
 )
 #: Rates that may be exactly 0 (a process switched off).
 MAY_BE_ZERO: tuple[str, ...] = (
@@ -194,7 +193,9 @@ class KineticParameters(eqx.Module):
     depot_exit_rate_per_h: Float[Array, " D"]
     secretion_rate_ng_per_cell_h: Float[Array, ""]
     secreted_factor_clearance_rate_per_h: Float[Array, ""]
-    cartridge_transfer_fraction: Float[Array, ""]
+    cartridge_blood_flow_ml_per_h: Float[Array, ""]
+    cartridge_permeability_surface_ml_per_h: Float[Array, ""]
+    cartridge_effluent_flow_ml_per_h: Float[Array, ""]
     microgravity_plasma_volume_loss_fraction: Float[Array, ""]
 
     def __check_init__(self):
