@@ -94,13 +94,24 @@ def test_gradients_of_route_parameters_match_finite_differences():
     regimen = mscpk.Regimen(
         [
             mscpk.Dose(0.0, 1e6, name)
-            for name in ("im", "sc", "ip", "topical", "topical:hydrogel", "topical:patch", "extracorporeal")
-        ]
+            for name in (
+                "im",
+                "sc",
+                "ip",
+                "topical",
+                "topical:hydrogel",
+                "topical:patch",
+                "extracorporeal",
+                "ia:brain",
+            )
+        ]  # fmt: skip
     )
     model = mscpk.build_model("mouse", mscpk.cell_product("bm_msc", donor="allogeneic"))
     table = regimen.table()
     solver = mscpk.SolverConfig(rtol=1e-11, atol=1e-15)
     names = (
+        "critical_diameter_ratio",  # first-pass arrest in the intra-arterial bed
+        "arrest_steepness",
         "depot_death_rate_per_h",
         "depot_exit_rate_per_h",
         "secretion_rate_ng_per_cell_h",
@@ -120,8 +131,10 @@ def test_gradients_of_route_parameters_match_finite_differences():
         sol = mscpk.solve(m, table, jnp.array([24.0, 120.0]), 120.0, solver)
         obs = m.observe(sol.ys, sol.blood_input)
         lung, muscle = 1 + mscpk.ORGANS.index("lung"), 1 + mscpk.ORGANS.index("muscle")
+        brain = 1 + mscpk.ORGANS.index("brain")
         return (
             obs.viable[:, 1:].sum() / 1e6
+            + obs.viable[:, brain].sum() / 1e5
             + obs.viable[:, muscle].sum() / 1e6
             + obs.viable[:, lung].sum() / 1e3
             + obs.secreted_factor.sum()
