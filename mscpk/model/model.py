@@ -678,20 +678,11 @@ class Model(eqx.Module):
         of DNA. Cells left in the device go to ``device_retained``.
         """
         tr = self.transport()
-        _, nominal = self.size_classes()
         entry_distribution = dose.entry_distribution
-        singles, aggregates = self.device_profile(
-            dose.duration_h, dose.device_depth_mm, dose.device_elapsed_h, dose.device_cells_per_ml
-        )
-        w_single, w_agg = nominal * singles, nominal * aggregates  # delivered, per class
+        w_single, w_agg, kill, surviving = self._entering(dose)
         delivered = jnp.sum(w_single + w_agg)
         v = self.product.viability
-        # IBMIR destroys part of the viable cells entering venous blood (at the
-        # concentration actually delivered from the device).
-        concentration = self.entry_concentration(dose.cells, dose.duration_h)
-        kill = self.ibmir_kill_fraction(concentration * delivered, self.stasis(dose))
         killed = kill * entry_distribution[BLOOD]
-        surviving = entry_distribution.at[BLOOD].multiply(1.0 - kill)
         thrombus = self.parameters.ibmir_thrombus_fraction
         lung_c = N_BLOOD + ORGANS.index("lung")
         ibmir_dead = (
@@ -764,18 +755,25 @@ class Model(eqx.Module):
         overestimate of circulating cells during such an infusion only).
         """
         tr = self.transport()
-        _, weights = self.size_classes()
+        w_single, w_agg, _, surviving = self._entering(dose)
+        _, _, to_pool = self._arrival(tr.cells, tr.extraction, surviving)
+        _, _, to_pool_a = self._arrival(tr.aggregates, tr.aggregate_extraction, surviving)
+        return self.product.viability * (w_single * to_pool + w_agg * to_pool_a)
+
+    def _entering(self, dose):
+        """Per administered cell of a dose row: delivered single cells and aggregates per
+        diameter class (:meth:`device_profile`), the IBMIR kill fraction and the entry
+        distribution of the surviving cells. IBMIR destroys part of the viable cells
+        entering venous blood, at the concentration actually delivered from the device."""
+        _, nominal = self.size_classes()
         singles, aggregates = self.device_profile(
             dose.duration_h, dose.device_depth_mm, dose.device_elapsed_h, dose.device_cells_per_ml
         )
+        w_single, w_agg = nominal * singles, nominal * aggregates
         concentration = self.entry_concentration(dose.cells, dose.duration_h)
-        kill = self.ibmir_kill_fraction(
-            concentration * jnp.sum(weights * (singles + aggregates)), self.stasis(dose)
-        )
+        kill = self.ibmir_kill_fraction(concentration * jnp.sum(w_single + w_agg), self.stasis(dose))
         surviving = dose.entry_distribution.at[BLOOD].multiply(1.0 - kill)
-        _, _, to_pool = self._arrival(tr.cells, tr.extraction, surviving)
-        _, _, to_pool_a = self._arrival(tr.aggregates, tr.aggregate_extraction, surviving)
-        return self.product.viability * weights * (singles * to_pool + aggregates * to_pool_a)
+        return w_single, w_agg, kill, surviving
 
     # ----------------------------------------------------------------- observation
     def observe(self, y: Float[Array, "... n"], blood_input: Float[Array, "... S"]) -> Observed:
