@@ -700,22 +700,14 @@ class Model(eqx.Module):
         label_viable = ws[:, None] * organs_l + wa[:, None] * organs_al
         died_in_blood = jnp.sum(ws * blood_dead + wa * blood_dead_a)
         lost_l = jnp.sum(ws * blood_lost_l + wa * blood_lost_al)
-        dead = (
-            (1.0 - v) * delivered * entry_distribution
-            + ibmir_dead
-            + jnp.zeros(N_COMPARTMENTS).at[BLOOD].set(died_in_blood)
-        )
-        label_dead = (
-            (1.0 - v) * delivered * entry_distribution
-            + ibmir_dead
-            + jnp.zeros(N_COMPARTMENTS).at[BLOOD].set(lost_l * tr.label_dead_share)
-        )
-        # Local routes: living cells stay at their site; non-viable ones die there.
+        # Dead on entry (non-viable cells, IBMIR victims; local routes: at their site),
+        # each with its label; living cells at a local site stay there.
         depot = dose.depot_entry  # (D,)
         depot_viable = v * (w_single + w_agg)[:, None] * depot[None, :]
         depot_dead = (1.0 - v) * delivered * depot
-        dead = dead + _DEPOT_TO_C @ depot_dead
-        label_dead = label_dead + _DEPOT_TO_C @ depot_dead
+        dead_on_entry = (1.0 - v) * delivered * entry_distribution + ibmir_dead + _DEPOT_TO_C @ depot_dead
+        dead = dead_on_entry.at[BLOOD].add(died_in_blood)
+        label_dead = dead_on_entry.at[BLOOD].add(lost_l * tr.label_dead_share)
         outside = depot_dead @ _OUTSIDE
         plasma_ml = self.plasma_volume_ml()
         tat = self.parameters.tat_yield_ng_per_cell * v * delivered * killed / plasma_ml
