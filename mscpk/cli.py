@@ -238,7 +238,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("--out", required=True, help="path of the CSV table to write")
     cmp.add_argument("--plot", default=None, help="optional path of a PNG figure")
+    evi = sub.add_parser(
+        "evidence",
+        help="browse the literature evidence library",
+        description="List the studies of the evidence library, or plot each study's evidence against the model.",
+    )
+    evsub = evi.add_subparsers(dest="evidence_command", required=True)
+    evsub.add_parser("list", help="one line per study: id, species, routes, assays, rows")
+    evp = evsub.add_parser("plot", help="one figure per study: evidence vs the default model prediction")
+    evp.add_argument("--out", required=True, help="directory to write <study_id>.png into")
+    evp.add_argument("--study", action="append", default=None, help="only this study (repeatable)")
     return parser
+
+
+def cmd_evidence(args) -> int:
+    from . import evidence
+
+    table = evidence.load()
+    if args.evidence_command == "list":
+        studies = evidence.studies(table)
+        print(f"mscpk evidence library {evidence.version()}: {len(table)} rows, {len(studies)} studies")
+        print(studies[["study_id", "species", "routes", "assays", "rows"]].to_string(index=False))
+        return 0
+    from .evidence.likelihood import EvidenceLikelihood
+    from .evidence.plots import comparison_table, plot_all
+
+    if args.study:
+        unknown = sorted(set(args.study) - set(table.study_id))
+        if unknown:
+            raise ValueError(f"--study: unknown {unknown}; allowed: {', '.join(sorted(set(table.study_id)))}")
+        table = table[table.study_id.isin(args.study)]
+    lik = EvidenceLikelihood(table)
+    from .model.parameters import KineticParameters
+
+    kinetic = KineticParameters.default()
+    predictions = lik.terms(kinetic)
+    if not bool(predictions.success):
+        raise ValueError("the model could not be solved for every evidence scenario")
+    for path in plot_all(comparison_table(lik, predictions), args.out):
+        print(f"wrote {path}")
+    return 0
 
 
 def cmd_compare_routes(args) -> int:
@@ -395,6 +434,8 @@ def main(argv=None) -> int:
             return cmd_simulate(args)
         if args.command == "compare-routes":
             return cmd_compare_routes(args)
+        if args.command == "evidence":
+            return cmd_evidence(args)
     except (ValueError, TypeError) as err:
         print(f"mscpk: error: {err}", file=sys.stderr)
         return 2

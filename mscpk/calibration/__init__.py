@@ -1,0 +1,1 @@
+"""Calibration against the evidence library: priors (issue 6 builds MAP/NUTS on these)."""

@@ -1,0 +1,186 @@
+"""Evidence library: schema, coverage, batched scenarios and the likelihood."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import mscpk
+import mscpk.evidence as ev
+from mscpk.calibration import priors
+from mscpk.evidence.likelihood import EvidenceLikelihood
+from mscpk.observation.parameters import ObservationParameters
+
+
+@pytest.fixture(scope="module")
+def table():
+    return ev.load()
+
+
+@pytest.fixture(scope="module")
+def lik():
+    return EvidenceLikelihood()
+
+
+@pytest.fixture(scope="module")
+def value_and_grad(lik):
+    """The whole likelihood and its gradient: one jitted call, compiled once."""
+    return jax.jit(jax.value_and_grad(lik.function(), argnums=(0, 1)))
+
+
+def test_shipped_evidence_covers_studies_routes_species_with_provenance(table):
+    studies = ev.studies(table)
+    assert len(studies) >= 10
+    assert len(set(table.route)) >= 4
+    assert len(set(table.species)) >= 3
+    assert table.doi.str.match(r"^10\.\d{4,9}/\S+$").all()
+    assert (table.locator.str.strip().str.len() > 0).all()
+    assert (table.quote.str.strip().str.len() > 20).all()
+    assert set(table.verification) == {"V"}
+    assert ev.version().startswith("1.")
+
+
+def _bad(table, row_id, **changes):
+    t = table.copy()
+    i = t.index[t.row_id == row_id][0]
+    for k, v in changes.items():
+        t.loc[i, k] = v
+    return t
+
+
+@pytest.mark.parametrize(
+    "row_id, changes, field",
+    [
+        ("toma2009_first_pass", {"authors": ""}, "authors"),
+        ("toma2009_first_pass", {"doi": "not-a-doi"}, "doi"),
+        ("toma2009_first_pass", {"locator": float("nan")}, "locator"),
+        ("toma2009_first_pass", {"unit": "furlongs"}, "unit"),
+        ("toma2009_first_pass", {"value": -5.0}, "value"),
+        ("assis2010_heart_control", {"uncertainty": -0.3}, "uncertainty"),
+        ("gholamrezanezhad2011_lung_0h", {"lower": 40.0}, "lower"),  # interval with lower > upper
+        ("eggenhofer2012_culture_lung_72h", {"value": 5.0}, "value"),  # below detection with a value
+        ("lee2009_lung_half_life", {"censoring": "lower_bound", "uncertainty_type": "sd", "uncertainty": 2.0}, "uncertainty_type"),
+        ("braid2018_im_thawed_day3", {"baseline_time_h": float("nan")}, "baseline_time_h"),
+        ("fischer2009_bmmc_passage_ratio", {"comparator": "toma2009_first_pass"}, "comparator"),
+        ("toma2009_first_pass", {"verification": "R"}, "verification"),
+    ],
+)
+def test_schema_rejects_with_a_clear_message(table, row_id, changes, field):
+    with pytest.raises(ev.EvidenceError) as err:
+        ev.validate(_bad(table, row_id, **changes))
+    message = str(err.value)
+    assert row_id in message and field in message
+
+
+def test_schema_rejects_unknown_columns_and_non_frames(table):
+    with pytest.raises(ev.EvidenceError, match="unknown columns"):
+        ev.validate(table.assign(extra=1))
+    with pytest.raises(ev.EvidenceError, match="missing columns"):
+        ev.validate(table.drop(columns=["doi"]))
+    with pytest.raises(TypeError, match="DataFrame"):
+        ev.validate(table.to_dict())
+
+
+def test_batched_scenarios_reproduce_simulate(lik):
+    """The numeric stand-ins for categorical settings (preparation, donor match, host
+    immunity) give what simulate() gives with the categorical settings themselves."""
+    predictions = lik.terms(mscpk.KineticParameters.default())
+    t = lik.table
+    checked = 0
+    for row_id in ("eggenhofer2012_culture_liver_24h", "braid2018_im_thawed_day3", "braid2018_im_bm_msc_5months"):
+        i = int(np.flatnonzero(t.row_id == row_id)[0])
+        sc = lik.scenarios[int(lik.rows.scenario[i])]
+        row = t.iloc[i]
+        times = sorted({1.0 / 60.0, float(row.time_h)})
+        res = mscpk.simulate(
+            sc.species, sc.product(), sc.regimen(), host=sc.host(), t_end_h=float(row.time_h), times_h=times
+        )
+        value = res.value("viable_cells", row.organ, float(row.time_h))
+        if row.quantity == "relative_to_baseline":
+            value = value / res.value("viable_cells", row.organ, times[0])
+        np.testing.assert_allclose(float(predictions.predicted[i]), value, rtol=1e-5)
+        checked += 1
+    assert checked == 3
+
+
+def test_likelihood_and_gradient_finite_and_match_finite_differences(lik, value_and_grad):
+    k, o = mscpk.KineticParameters.default(), ObservationParameters.default()
+    value, (gk, go) = value_and_grad(k, o)
+    assert np.isfinite(float(value))
+    leaves = jax.tree_util.tree_leaves((gk, go))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+    assert sum(float(jnp.sum(jnp.abs(x))) > 0 for x in leaves) > 20  # many parameters matter
+
+    def f(k, o):
+        return float(value_and_grad(k, o)[0])
+
+    checks = [
+        ("kinetic", "death_rate_per_h", 0, gk.death_rate_per_h[0]),  # lung
+        ("kinetic", "depot_death_rate_per_h", 0, gk.depot_death_rate_per_h[0]),  # im
+        ("kinetic", "critical_diameter_ratio", None, gk.critical_diameter_ratio),
+        ("kinetic", "label_residual_loss_rate_per_h", None, gk.label_residual_loss_rate_per_h),
+        ("observation", "detection_limit_cells", 1, go.detection_limit_cells[1]),  # flow/culture
+        ("observation", "label_leak_rate_per_h", 0, go.label_leak_rate_per_h[0]),  # 111In
+    ]
+    for which, name, idx, grad in checks:
+        base = k if which == "kinetic" else o
+        x = getattr(base, name)
+        xi = x if idx is None else x[idx]
+        h = 1e-4 * float(xi)
+
+        def moved(d, base=base, name=name, idx=idx, x=x):
+            new = x + d if idx is None else x.at[idx].add(d)
+            return eqx.tree_at(lambda p: getattr(p, name), base, new)
+
+        if which == "kinetic":
+            fd = (f(moved(h), o) - f(moved(-h), o)) / (2 * h)
+        else:
+            fd = (f(k, moved(h)) - f(k, moved(-h))) / (2 * h)
+        assert abs(float(grad)) > 0, name
+        np.testing.assert_allclose(float(grad), fd, rtol=2e-4, err_msg=name)
+
+
+def test_likelihood_finite_at_prior_draws(value_and_grad):
+    for k, o in priors.sample(jax.random.PRNGKey(0), 3):
+        value, grads = value_and_grad(k, o)
+        assert np.isfinite(float(value))
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(grads))
+
+
+@pytest.mark.slow
+def test_likelihood_finite_at_100_prior_draws(value_and_grad):
+    bad = []
+    for i, (k, o) in enumerate(priors.sample(jax.random.PRNGKey(1), 100)):
+        value, grads = value_and_grad(k, o)
+        if not (np.isfinite(float(value)) and all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(grads))):
+            bad.append(i)
+    assert not bad, f"non-finite log-likelihood or gradient at prior draws {bad}"
+
+
+def test_failed_solve_gives_minus_infinity(table):
+    """A solve that fails (here: too few steps) never yields a finite log-likelihood."""
+    small = EvidenceLikelihood(table[table.study_id == "lee2009"], solver=mscpk.SolverConfig(max_steps=2))
+    out = small.terms(mscpk.KineticParameters.default())
+    assert not bool(out.success)
+    assert float(small(mscpk.KineticParameters.default())) == -np.inf
+
+
+def test_evidence_cli_list_and_plot(tmp_path, capsys):
+    from mscpk.cli import main
+
+    assert main(["evidence", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "braid2018" in out and "gholamrezanezhad2011" in out
+    assert main(["evidence", "plot", "--out", str(tmp_path), "--study", "toma2009", "--study", "lee2009"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lee2009.png", "toma2009.png"]
+    assert main(["evidence", "plot", "--out", str(tmp_path), "--study", "nobody2099"]) == 2
+    assert "nobody2099" in capsys.readouterr().err
+
+
+def test_load_returns_a_copy(table):
+    t = ev.load()
+    t.loc[0, "value"] = 1e9
+    assert ev.load().loc[0, "value"] != 1e9
+    assert isinstance(t, pd.DataFrame)
