@@ -8,7 +8,7 @@ from conftest import lung_index, random_parameters
 
 import mscpk
 
-N = 1000
+N = 300
 TIMES = jnp.array([0.25, 12.5, 24.0])  # a short horizon keeps the 2 x 1000 solves quick
 
 

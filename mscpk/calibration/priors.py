@@ -81,7 +81,8 @@ def sample_observation(key) -> ObservationParameters:
     keys = jax.random.split(key, len(fields))
     return ObservationParameters(
         **{
-            f: getattr(base, f) * jnp.exp(OBSERVATION_LOG_SD[f] * jax.random.normal(k, jnp.shape(getattr(base, f))))
+            f: getattr(base, f)
+            * jnp.exp(OBSERVATION_LOG_SD[f] * jax.random.normal(k, jnp.shape(getattr(base, f))))
             for f, k in zip(fields, keys, strict=True)
         }
     )

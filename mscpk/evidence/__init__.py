@@ -24,7 +24,12 @@ def _read() -> tuple[str, pd.DataFrame]:
     with resources.files("mscpk.evidence").joinpath(DATA_FILE).open() as f:
         text = f.read()
     version = next(
-        (ln.split(":", 1)[1].split(";")[0].strip() for ln in text.splitlines() if ln.startswith("# version:")), "unknown"
+        (
+            ln.split(":", 1)[1].split(";")[0].strip()
+            for ln in text.splitlines()
+            if ln.startswith("# version:")
+        ),
+        "unknown",
     )
     from io import StringIO
 
@@ -71,4 +76,13 @@ def __getattr__(name):  # lazy: the likelihood imports the solver stack
     raise AttributeError(name)
 
 
-__all__ = ["COLUMNS", "SCHEMA_VERSION", "EvidenceError", "EvidenceLikelihood", "load", "studies", "validate", "version"]
+__all__ = [
+    "COLUMNS",
+    "SCHEMA_VERSION",
+    "EvidenceError",
+    "EvidenceLikelihood",
+    "load",
+    "studies",
+    "validate",
+    "version",
+]

@@ -40,7 +40,6 @@ from jax.scipy.special import log_ndtr
 from jaxtyping import Array, Bool, Float, Int
 
 from ..mechanisms.switches import Mechanisms
-from ..model.layout import ORGANS
 from ..model.parameters import KineticParameters
 from ..observation.assays import OUTPUT_ORGANS, Radiolabel
 from ..observation.parameters import ASSAY_FAMILIES, ISOTOPE_HALF_LIFE_H, ObservationParameters
@@ -50,7 +49,16 @@ from .scenarios import Scenario, ScenarioBatch, build_batch, scenarios_of
 
 KINDS = ("viable", "dna", "label", "tat", "il10")
 NORMS = ("absolute", "percent_dose", "percent_whole_body", "per_g")
-STATS = ("value", "relative", "half_life", "ratio", "auc_ratio", "time_undetectable", "first_pass", "passage_ratio")
+STATS = (
+    "value",
+    "relative",
+    "half_life",
+    "ratio",
+    "auc_ratio",
+    "time_undetectable",
+    "first_pass",
+    "passage_ratio",
+)
 TERMS = ("point", "lower", "upper", "interval")
 _QUANTITY_NORM = {"percent_injected_dose": 1, "percent_whole_body": 2, "cells_per_g": 3}
 _QUANTITY_STAT = {
@@ -139,7 +147,9 @@ class EvidenceLikelihood:
         if len(table) == 0:
             raise ValueError("table: the evidence table has no rows")
         self.table = table.reset_index(drop=True)
-        self.solver = SolverConfig(rtol=1e-7, atol=1e-12) if solver is None else solver
+        # Prior draws with fast rates make the system stiff for an explicit solver: a
+        # generous step budget keeps the likelihood finite there (100 of 100 draws).
+        self.solver = SolverConfig(rtol=1e-7, atol=1e-12, max_steps=100_000) if solver is None else solver
         self.scenarios, of_row = scenarios_of(self.table)
         times = self._scenario_times(of_row)
         self.batch: ScenarioBatch = build_batch(self.scenarios, times, n_size_classes, mechanisms)
@@ -169,7 +179,6 @@ class EvidenceLikelihood:
             if row["quantity"] == "time_until_undetectable":
                 largest = np.nanmax([_f(row["value"]), _f(row["upper"]), _f(row["lower"])]) * _unit(row)
                 need[s].update(np.geomspace(0.25, DETECTION_HORIZON_FACTOR * largest, DETECTION_GRID_POINTS))
-        out = []
         return [np.unique(np.array(sorted(s), dtype=float)) for s in need]
 
     def _row_arrays(self, of_row: list[int], times: list[np.ndarray]) -> RowArrays:
@@ -198,7 +207,9 @@ class EvidenceLikelihood:
             cols["i_t0"].append(at(s, t0))
             cols["i_tc"].append(at(sc, t))
             half = ISOTOPE_HALF_LIFE_H.get(row["isotope"]) if row["decay_corrected"] == "no" else None
-            cols["decay_rate"].append(0.0 if half is None or q != "percent_injected_dose" else math.log(2) / half)
+            cols["decay_rate"].append(
+                0.0 if half is None or q != "percent_injected_dose" else math.log(2) / half
+            )
             term, y, lo, hi = _term_of(row, factor)
             cols["term"].append(TERMS.index(term))
             cols["y"].append(y)
@@ -207,7 +218,19 @@ class EvidenceLikelihood:
             dl = _f(row["detection_limit"])
             cols["row_detection"].append(0.0 if dl != dl else dl * factor)
             cols["extra_sd"].append(_extra_sd(row))
-        ints = {"scenario", "comparator", "organ", "kind", "norm", "stat", "family", "term", "i_t", "i_t0", "i_tc"}
+        ints = {
+            "scenario",
+            "comparator",
+            "organ",
+            "kind",
+            "norm",
+            "stat",
+            "family",
+            "term",
+            "i_t",
+            "i_t0",
+            "i_tc",
+        }
         return RowArrays(**{k: jnp.asarray(v, dtype=int if k in ints else float) for k, v in cols.items()})
 
     # ------------------------------------------------------------------ evaluation
@@ -216,7 +239,9 @@ class EvidenceLikelihood:
         out = self.terms(kinetic, observation)
         return jnp.where(out.success, jnp.sum(out.log_lik), -jnp.inf)
 
-    def terms(self, kinetic: KineticParameters, observation: ObservationParameters | None = None) -> Predictions:
+    def terms(
+        self, kinetic: KineticParameters, observation: ObservationParameters | None = None
+    ) -> Predictions:
         observation = ObservationParameters.default() if observation is None else observation
         return self._terms(self.batch, self.rows, kinetic, observation, self.solver)
 
@@ -358,7 +383,9 @@ def _solve_batch(batch: ScenarioBatch, models, solver, batching: str):
     )
 
 
-def _terms(batch: ScenarioBatch, rows: RowArrays, kinetic, observation, solver, batching="map") -> Predictions:
+def _terms(
+    batch: ScenarioBatch, rows: RowArrays, kinetic, observation, solver, batching="map"
+) -> Predictions:
     models = batch.with_parameters(kinetic, observation)
     signals, first_pass, volume, ok = _solve_batch(batch, models, solver, batching)
     r = rows

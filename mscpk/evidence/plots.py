@@ -28,8 +28,12 @@ def comparison_table(lik, predictions, observation=None) -> pd.DataFrame:
             "time_h": t.time_h,
             "censoring": t.censoring,
             "reported": np.where(np.asarray(r.term) == 0, np.asarray(r.y), np.nan),
-            "lower": np.where(np.isin(np.asarray(r.term), (1, 3)), np.nan_to_num(np.asarray(r.lower), nan=limit), np.nan),
-            "upper": np.where(np.isin(np.asarray(r.term), (2, 3)), np.nan_to_num(np.asarray(r.upper), nan=limit), np.nan),
+            "lower": np.where(
+                np.isin(np.asarray(r.term), (1, 3)), np.nan_to_num(np.asarray(r.lower), nan=limit), np.nan
+            ),
+            "upper": np.where(
+                np.isin(np.asarray(r.term), (2, 3)), np.nan_to_num(np.asarray(r.upper), nan=limit), np.nan
+            ),
             "route": t.route,
             "unit": [next(iter(schema.UNITS[q])) for q in t.quantity],
             "predicted": np.asarray(predictions.predicted),
@@ -54,16 +58,27 @@ def plot_study(table: pd.DataFrame, study_id: str, path=None, ax=None):
     x = np.arange(len(rows))
     pred = np.maximum(rows.predicted.to_numpy(), 1e-12)
     band = np.exp(rows.sigma_log.to_numpy())
-    ax.errorbar(x + 0.12, pred, yerr=[pred - pred / band, pred * band - pred], fmt="x", color="C1", label="model (±1 SD)")
+    ax.errorbar(
+        x + 0.12,
+        pred,
+        yerr=[pred - pred / band, pred * band - pred],
+        fmt="x",
+        color="C1",
+        label="model (±1 SD)",
+    )
     ax.plot(x - 0.12, rows.reported, "o", color="C0", label="reported")
     for xi, lo, hi in zip(x, rows.lower, rows.upper, strict=True):
         if np.isfinite(lo) and np.isfinite(hi):
             ax.vlines(xi - 0.12, lo, hi, color="C0", lw=3, alpha=0.7)
         elif np.isfinite(lo):
-            ax.annotate("", (xi - 0.12, lo * 3), (xi - 0.12, lo), arrowprops=dict(arrowstyle="->", color="C0"))
+            ax.annotate(
+                "", (xi - 0.12, lo * 3), (xi - 0.12, lo), arrowprops=dict(arrowstyle="->", color="C0")
+            )
             ax.plot(xi - 0.12, lo, "_", color="C0", ms=14)
         elif np.isfinite(hi):
-            ax.annotate("", (xi - 0.12, hi / 3), (xi - 0.12, hi), arrowprops=dict(arrowstyle="->", color="C0"))
+            ax.annotate(
+                "", (xi - 0.12, hi / 3), (xi - 0.12, hi), arrowprops=dict(arrowstyle="->", color="C0")
+            )
             ax.plot(xi - 0.12, hi, "_", color="C0", ms=14)
     labels = [
         f"{rt} {q}\n{o} @ {t:g} h [{u}]"

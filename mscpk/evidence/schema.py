@@ -249,7 +249,11 @@ def _is_number(v) -> bool:
 def _validate_row(row: dict, ids: set, table: pd.DataFrame) -> None:
     for field, required in COLUMNS.items():
         if required and _missing(row[field]):
-            what = "provenance" if field in ("authors", "year", "journal", "doi", "locator", "obtained", "quote") else "field"
+            what = (
+                "provenance"
+                if field in ("authors", "year", "journal", "doi", "locator", "obtained", "quote")
+                else "field"
+            )
             _fail(row, field, row[field], f"a value is required ({what})")
     for field in NUMERIC:
         v = row[field]
@@ -278,7 +282,12 @@ def _validate_row(row: dict, ids: set, table: pd.DataFrame) -> None:
     elif row["route"] == "topical":
         _choice(row, "target", VEHICLES)
     elif not _missing(row["target"]):
-        _fail(row, "target", row["target"], f"only an ia or topical route has a target (route is {row['route']})")
+        _fail(
+            row,
+            "target",
+            row["target"],
+            f"only an ia or topical route has a target (route is {row['route']})",
+        )
     if _missing(row["cells"]) == _missing(row["cells_per_kg"]):
         _fail(row, "cells", row["cells"], "give exactly one of cells (per subject) and cells_per_kg")
     for field in ("cells", "cells_per_kg", "infusion_h", "diameter_um"):
@@ -307,7 +316,12 @@ def _validate_row(row: dict, ids: set, table: pd.DataFrame) -> None:
         _fail(row, "decay_corrected", "not_stated", "% of injected activity needs yes or no")
     if row["quantity"] in NEEDS_BASELINE:
         if _missing(row["baseline_time_h"]) or not row["baseline_time_h"] < row["time_h"]:
-            _fail(row, "baseline_time_h", row["baseline_time_h"], f"{row['quantity']} needs baseline_time_h < time_h")
+            _fail(
+                row,
+                "baseline_time_h",
+                row["baseline_time_h"],
+                f"{row['quantity']} needs baseline_time_h < time_h",
+            )
     if row["quantity"] in NEEDS_COMPARATOR:
         comp = row["comparator"]
         if _missing(comp) or comp not in ids or comp == row["row_id"]:
@@ -316,13 +330,25 @@ def _validate_row(row: dict, ids: set, table: pd.DataFrame) -> None:
         if other.study_id != row["study_id"]:
             _fail(row, "comparator", comp, "the comparator must be a row of the same study")
     elif not _missing(row["comparator"]):
-        _fail(row, "comparator", row["comparator"], f"only {', '.join(NEEDS_COMPARATOR)} rows have a comparator")
+        _fail(
+            row, "comparator", row["comparator"], f"only {', '.join(NEEDS_COMPARATOR)} rows have a comparator"
+        )
     if row["quantity"] == "time_until_undetectable" and not _missing(row["detection_limit"]):
-        _fail(row, "detection_limit", row["detection_limit"], "time_until_undetectable uses the assay's limit (in cells)")
+        _fail(
+            row,
+            "detection_limit",
+            row["detection_limit"],
+            "time_until_undetectable uses the assay's limit (in cells)",
+        )
     if row["quantity"] == "time_until_undetectable" and ASSAYS[row["assay"]] not in ("viable", "dna"):
         _fail(row, "assay", row["assay"], "time_until_undetectable needs a cell or DNA assay")
     if row["obtained"] == "digitised" and _missing(row["digitisation_uncertainty"]):
-        _fail(row, "digitisation_uncertainty", row["digitisation_uncertainty"], "a digitised value needs its uncertainty")
+        _fail(
+            row,
+            "digitisation_uncertainty",
+            row["digitisation_uncertainty"],
+            "a digitised value needs its uncertainty",
+        )
     _validate_censoring(row)
     _validate_uncertainty(row)
 
@@ -338,16 +364,28 @@ def _validate_censoring(row: dict) -> None:
         if not _missing(v) and not lo <= v <= hi:
             _fail(row, "value", v, f"an interval-censored value must lie in [{lo:g}, {hi:g}]")
         if row["uncertainty_type"] != "none":
-            _fail(row, "uncertainty_type", row["uncertainty_type"], "an interval row carries its range in lower/upper")
+            _fail(
+                row,
+                "uncertainty_type",
+                row["uncertainty_type"],
+                "an interval row carries its range in lower/upper",
+            )
     if c in ("below_detection", "above_detection"):
         if not _missing(v):
             _fail(row, "value", v, f"censoring={c} takes the detection limit, not a value")
         if row["quantity"] not in DETECTABLE:
             _fail(row, "quantity", row["quantity"], f"censoring={c} applies to {', '.join(DETECTABLE)}")
         if ASSAYS[row["assay"]] not in ("viable", "dna"):
-            _fail(row, "assay", row["assay"], f"censoring={c} needs a cell or DNA assay with a detection limit")
+            _fail(
+                row, "assay", row["assay"], f"censoring={c} needs a cell or DNA assay with a detection limit"
+            )
         if row["quantity"] != "cells" and _missing(dl):
-            _fail(row, "detection_limit", dl, f"censoring={c} on {row['quantity']} needs the limit in the row's unit")
+            _fail(
+                row,
+                "detection_limit",
+                dl,
+                f"censoring={c} on {row['quantity']} needs the limit in the row's unit",
+            )
     elif not _missing(dl) and not _missing(v) and c == "none" and v < dl:
         _fail(row, "value", v, f"a measured value below its detection limit {dl:g} must be censored")
     if c in ("lower_bound", "upper_bound") and row["uncertainty_type"] != "none":

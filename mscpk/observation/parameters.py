@@ -95,7 +95,9 @@ class ObservationParameters(eqx.Module):
         ):
             value = getattr(self, name)
             if jnp.shape(value)[-1:] != (n,):
-                raise ValueError(f"ObservationParameters.{name}: expected shape ({n},), got {jnp.shape(value)}")
+                raise ValueError(
+                    f"ObservationParameters.{name}: expected shape ({n},), got {jnp.shape(value)}"
+                )
             check_positive(f"ObservationParameters.{name}", value, allow_zero=name.startswith("label"))
 
     @classmethod

@@ -1,0 +1,89 @@
+"""Time per evaluation of the whole evidence likelihood (value, value + gradient).
+
+Run: ``python benchmarks/likelihood.py [--repeat 5]``. Prints a table and writes
+``benchmarks/results/likelihood-<device>.json`` with machine, versions and device.
+Timings are medians over repeats after one compile; compile times are reported apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import mscpk  # noqa: E402
+from mscpk.evidence.likelihood import EvidenceLikelihood  # noqa: E402
+from mscpk.observation.parameters import ObservationParameters  # noqa: E402
+
+
+def _timed(f, *args, repeat):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    first = time.perf_counter() - t0
+    runs = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        runs.append(time.perf_counter() - t0)
+    runs.sort()
+    return first, runs[len(runs) // 2]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args(argv)
+    lik = EvidenceLikelihood()
+    f = lik.function()
+    k, o = mscpk.KineticParameters.default(), ObservationParameters.default()
+    value = jax.jit(f)
+    value_grad = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
+    first_v, t_v = _timed(value, k, o, repeat=args.repeat)
+    first_g, t_g = _timed(value_grad, k, o, repeat=args.repeat)
+    device = jax.devices()[0]
+    result = {
+        "benchmark": "evidence likelihood, one jitted call over all scenarios",
+        "rows": len(lik.table),
+        "scenarios": len(lik.scenarios),
+        "value_s": t_v,
+        "value_and_grad_s": t_g,
+        "grad_over_value": t_g / t_v,
+        "compile_and_first_value_s": first_v,
+        "compile_and_first_value_and_grad_s": first_g,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "diffrax": __import__("diffrax").__version__,
+            "equinox": __import__("equinox").__version__,
+            "mscpk": mscpk.__version__,
+        },
+        "device": f"{device.platform}:{device.device_kind}",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    for key in (
+        "value_s",
+        "value_and_grad_s",
+        "grad_over_value",
+        "compile_and_first_value_s",
+        "compile_and_first_value_and_grad_s",
+    ):
+        print(f"{key:40s} {result[key]:.3f}")
+    out = Path(__file__).parent / "results" / f"likelihood-{device.platform}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
