@@ -41,7 +41,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ..mechanisms.switches import Mechanisms
 from ..model.parameters import KineticParameters
-from ..observation.assays import OUTPUT_ORGANS, Radiolabel
+from ..observation.assays import OUTPUT_ORGANS, DonorDNA, Radiolabel, ViableCells
 from ..observation.parameters import ASSAY_FAMILIES, ISOTOPE_HALF_LIFE_H, ObservationParameters
 from ..solve.segments import SolverConfig, solve
 from . import schema
@@ -151,6 +151,7 @@ class EvidenceLikelihood:
         # generous step budget keeps the likelihood finite there (100 of 100 draws).
         self.solver = SolverConfig(rtol=1e-7, atol=1e-12, max_steps=100_000) if solver is None else solver
         self.scenarios, of_row = scenarios_of(self.table)
+        self._of_row = of_row
         times = self._scenario_times(of_row)
         self.batch: ScenarioBatch = build_batch(self.scenarios, times, n_size_classes, mechanisms)
         self.rows: RowArrays = self._row_arrays(of_row, times)
@@ -258,7 +259,7 @@ class EvidenceLikelihood:
 
     def scenario_table(self) -> pd.DataFrame:
         """One line per scenario: label and the rows that use it."""
-        _, of_row = scenarios_of(self.table)
+        of_row = self._of_row
         return pd.DataFrame(
             {
                 "scenario": [sc.label() for sc in self.scenarios],
@@ -318,24 +319,18 @@ def _scenario_signals(model, table, times, t_end, solver):
     """One scenario: assay signals (kinds, T, K), first-pass arrest (O,), success."""
     sol = solve(model, table, times, t_end, solver)
     obs = model.observe(sol.ys, sol.blood_input)
-    amounts = obs.viable @ _aggregate().T
-    dna = (obs.viable + obs.dead + obs.engulfed + obs.dna_residual) @ _aggregate().T
+    amounts = ViableCells()(obs)
+    dna = DonorDNA()(obs)
     label = Radiolabel()(obs)
     k = amounts.shape[-1]
     tat = jnp.broadcast_to(obs.tat[:, None], (times.shape[0], k))
     il10 = jnp.broadcast_to(obs.il10[:, None] * 1e-3, (times.shape[0], k))  # pg/mL -> ng/mL
-    diameters, weights = model.size_classes()
+    _, weights = model.size_classes()
     first_pass = weights @ model.extraction()
     volume = jnp.concatenate(
         [model.blood_volume_ml()[None], model.species.organ_volume_ml, model.species.body_weight_g[None]]
     )
     return jnp.stack([amounts, dna, label, tat, il10]), first_pass, volume, sol.success
-
-
-def _aggregate():
-    from ..observation.assays import AGGREGATION
-
-    return AGGREGATION
 
 
 def _div(a, b):
