@@ -20,10 +20,10 @@ demo: $(STAMP)
 	$(PY) -m mscpk.demo --out demo_output
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q -n auto -m "slow or not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check mscpk tests

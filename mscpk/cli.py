@@ -248,7 +248,85 @@ def build_parser() -> argparse.ArgumentParser:
     evp = evsub.add_parser("plot", help="one figure per study: evidence vs the default model prediction")
     evp.add_argument("--out", required=True, help="directory to write <study_id>.png into")
     evp.add_argument("--study", action="append", default=None, help="only this study (repeatable)")
+    fit = sub.add_parser(
+        "fit",
+        help="calibrate to the evidence library (MAP with optax, then NUTS with NumPyro)",
+        description=(
+            "Bayesian calibration of the registry parameters to the evidence library: MAP from several "
+            "starts, then NUTS from the MAP; writes arviz InferenceData (netCDF), a summary table and "
+            "posterior predictive checks."
+        ),
+    )
+    fit.add_argument("--out", required=True, help="path of the InferenceData netCDF file to write")
+    fit.add_argument("--chains", type=_positive_int("--chains"), default=4, help="NUTS chains (default: 4)")
+    fit.add_argument("--warmup", type=_positive_int("--warmup"), default=500, help="warm-up steps (default: 500)")
+    fit.add_argument("--draws", type=_positive_int("--draws"), default=1000, help="draws per chain (default: 1000)")
+    fit.add_argument("--map-restarts", type=_positive_int("--map-restarts"), default=4, help="MAP starts (default: 4)")
+    fit.add_argument("--map-steps", type=_positive_int("--map-steps"), default=200, help="Adam steps per start")
+    fit.add_argument("--study", action="append", default=None, help="only this study (repeatable)")
+    fit.add_argument("--no-hierarchy", action="store_true", help="no study-level effects")
+    fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    fit.add_argument("--max-tree-depth", type=_positive_int("--max-tree-depth"), default=8)
+    fit.add_argument("--export", default=None, help="directory to write shipped-defaults files into")
+    post = sub.add_parser("posterior", help="the calibrated posterior", description="Posterior tables.")
+    postsub = post.add_subparsers(dest="posterior_command", required=True)
+    summ = postsub.add_parser("summary", help="mean, sd, 90% HDI, ESS and R-hat of every global parameter")
+    summ.add_argument("--file", default=None, help="an InferenceData netCDF (default: the shipped posterior)")
     return parser
+
+
+def _positive_int(name):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: expected an integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name}: expected an integer >= 1, got {value}")
+        return value
+
+    return parse
+
+
+def cmd_fit(args) -> int:
+    import jax
+
+    from .calibration import CalibrationProblem, fit as calfit
+    from .calibration.posterior import export, fit_report
+    from .evidence import load
+    from .evidence.likelihood import EvidenceLikelihood
+
+    table = load()
+    if args.study:
+        unknown = sorted(set(args.study) - set(table.study_id))
+        if unknown:
+            raise ValueError(f"--study: unknown {unknown}; allowed: {', '.join(sorted(set(table.study_id)))}")
+        table = table[table.study_id.isin(args.study)].reset_index(drop=True)
+    problem = CalibrationProblem(EvidenceLikelihood(table), hierarchical=not args.no_hierarchy)
+    print(f"mscpk fit: {len(table)} rows, {problem.likelihood.n_studies} studies, "
+          f"{len(problem.parameter_names)} calibrated parameters: {', '.join(problem.parameter_names)}")
+    key_map, key_nuts = jax.random.split(jax.random.PRNGKey(args.seed))
+    best = calfit.find_map(problem, key_map, args.map_restarts, args.map_steps, progress=True)
+    print(f"MAP: log density {best.log_density:.3f} ({best.seconds:.0f} s; restarts {best.restarts})")
+    idata = calfit.run_nuts(
+        problem, key_nuts, args.chains, args.warmup, args.draws, init=best.values,
+        max_tree_depth=args.max_tree_depth, progress=True,
+    )
+    idata.posterior.attrs["map_seconds"] = best.seconds
+    idata.to_netcdf(args.out)
+    print(fit_report(idata, problem))
+    print(f"wrote {args.out}")
+    if args.export:
+        for path in export(idata, problem, args.export):
+            print(f"wrote {path}")
+    return 0
+
+
+def cmd_posterior(args) -> int:
+    from .calibration.posterior import summary_table
+
+    print(summary_table(args.file).to_string(float_format=lambda v: f"{v:10.4g}"))
+    return 0
 
 
 def cmd_evidence(args) -> int:
@@ -436,6 +514,10 @@ def main(argv=None) -> int:
             return cmd_compare_routes(args)
         if args.command == "evidence":
             return cmd_evidence(args)
+        if args.command == "fit":
+            return cmd_fit(args)
+        if args.command == "posterior":
+            return cmd_posterior(args)
     except (ValueError, TypeError) as err:
         print(f"mscpk: error: {err}", file=sys.stderr)
         return 2

@@ -35,11 +35,10 @@ def setup():
     flat, unravel = jax.flatten_util.ravel_pytree(params)
     table = REGIMEN.table()
 
-    @jax.jit
     def f(x):
         return lung_at_24h(eqx.combine(unravel(x), static), table)
 
-    return f, flat
+    return jax.jit(f), jax.jit(jax.vmap(f)), flat
 
 
 def central_difference(f, x, i, rel=1e-3):
@@ -48,10 +47,21 @@ def central_difference(f, x, i, rel=1e-3):
     return (float(f(x + e)) - float(f(x - e))) / (2 * h)
 
 
+def central_differences(f_batch, x, rel=1e-3):
+    """Central differences in every coordinate, all 2n solves in one vmapped call."""
+    h = rel * jnp.maximum(jnp.abs(x), 1e-3)
+    steps = jnp.diag(h)
+    values = np.asarray(f_batch(jnp.concatenate([x + steps, x - steps])))
+    n = x.size
+    return (values[:n] - values[n:]) / (2 * np.asarray(h))
+
+
 def test_gradient_every_model_parameter(setup):
-    f, x = setup
+    f, f_batch, x = setup
     grad = np.asarray(jax.jit(jax.grad(f))(x))
-    fd = np.array([central_difference(f, x, i) for i in range(x.size)])
+    fd = central_differences(f_batch, x)
+    top = int(np.argmax(np.abs(fd)))
+    assert abs(fd[top] - central_difference(f, x, top)) <= 1e-8 * abs(fd[top])  # batched == one by one
     scale = np.max(np.abs(fd * np.maximum(np.abs(np.asarray(x)), 1e-3)))
     assert scale > 0
     nonzero = np.abs(fd) * np.maximum(np.abs(np.asarray(x)), 1e-3) > 1e-6 * scale

@@ -45,7 +45,7 @@ from ..observation.assays import OUTPUT_ORGANS, DonorDNA, Radiolabel, ViableCell
 from ..observation.parameters import ASSAY_FAMILIES, ISOTOPE_HALF_LIFE_H, ObservationParameters
 from ..solve.segments import SolverConfig, solve
 from . import schema
-from .scenarios import Scenario, ScenarioBatch, build_batch, scenarios_of
+from .scenarios import Scenario, ScenarioBatch, StudyEffects, build_batch, scenarios_of
 
 KINDS = ("viable", "dna", "label", "tat", "il10")
 NORMS = ("absolute", "percent_dose", "percent_whole_body", "per_g")
@@ -88,6 +88,7 @@ class RowArrays(eqx.Module):
     """Per-row indices and data (length R), built once from the table."""
 
     scenario: Int[Array, " R"]
+    study: Int[Array, " R"]
     comparator: Int[Array, " R"]
     organ: Int[Array, " R"]
     kind: Int[Array, " R"]
@@ -152,8 +153,12 @@ class EvidenceLikelihood:
         self.solver = SolverConfig(rtol=1e-7, atol=1e-12, max_steps=100_000) if solver is None else solver
         self.scenarios, of_row = scenarios_of(self.table)
         self._of_row = of_row
+        #: Studies in the order of :class:`~mscpk.evidence.scenarios.StudyEffects` entries.
+        self.study_ids: tuple[str, ...] = tuple(sorted(set(self.table.study_id)))
         times = self._scenario_times(of_row)
-        self.batch: ScenarioBatch = build_batch(self.scenarios, times, n_size_classes, mechanisms)
+        self.batch: ScenarioBatch = build_batch(
+            self.scenarios, times, n_size_classes, mechanisms, self.study_ids
+        )
         self.rows: RowArrays = self._row_arrays(of_row, times)
         self._terms = eqx.filter_jit(_terms)
 
@@ -195,6 +200,7 @@ class EvidenceLikelihood:
             factor = _unit(row)
             kind = schema.ASSAYS[row["assay"]]
             cols["scenario"].append(s)
+            cols["study"].append(self.study_ids.index(row["study_id"]))
             cols["comparator"].append(sc)
             cols["organ"].append(OUTPUT_ORGANS.index(row["organ"]))
             cols["kind"].append(KINDS.index(kind))
@@ -221,6 +227,7 @@ class EvidenceLikelihood:
             cols["extra_sd"].append(_extra_sd(row))
         ints = {
             "scenario",
+            "study",
             "comparator",
             "organ",
             "kind",
@@ -235,24 +242,59 @@ class EvidenceLikelihood:
         return RowArrays(**{k: jnp.asarray(v, dtype=int if k in ints else float) for k, v in cols.items()})
 
     # ------------------------------------------------------------------ evaluation
-    def __call__(self, kinetic: KineticParameters, observation: ObservationParameters | None = None):
+    @property
+    def n_studies(self) -> int:
+        return len(self.study_ids)
+
+    def __call__(
+        self,
+        kinetic: KineticParameters,
+        observation: ObservationParameters | None = None,
+        effects: StudyEffects | None = None,
+    ):
         """Summed log-likelihood (``-inf`` if any scenario's solve failed)."""
-        out = self.terms(kinetic, observation)
+        out = self.terms(kinetic, observation, effects)
         return jnp.where(out.success, jnp.sum(out.log_lik), -jnp.inf)
 
     def terms(
-        self, kinetic: KineticParameters, observation: ObservationParameters | None = None
+        self,
+        kinetic: KineticParameters,
+        observation: ObservationParameters | None = None,
+        effects: StudyEffects | None = None,
     ) -> Predictions:
+        """Per-row predictions and log-likelihood terms (``effects``: optional
+        :class:`~mscpk.evidence.scenarios.StudyEffects`, one entry per :attr:`study_ids`)."""
         observation = ObservationParameters.default() if observation is None else observation
-        return self._terms(self.batch, self.rows, kinetic, observation, self.solver)
+        self._check_effects(effects)
+        return self._terms(self.batch, self.rows, kinetic, observation, self.solver, effects)
 
-    def function(self):
-        """``f(kinetic, observation) -> log-likelihood``, a pure function of the
-        parameters (the batch and rows are closed over) for ``jax.grad``/``jax.jit``."""
+    def _check_effects(self, effects):
+        if effects is None:
+            return
+        if not isinstance(effects, StudyEffects):
+            raise TypeError(f"effects: expected StudyEffects or None, got {type(effects).__name__}")
+        for name in ("survival", "lung", "scale"):
+            shape = jnp.shape(getattr(effects, name))
+            if shape != (self.n_studies,):
+                raise ValueError(
+                    f"effects.{name}: expected shape ({self.n_studies},) (one entry per study), got {shape}"
+                )
+
+    def function(self, terms: bool = False):
+        """``f(kinetic, observation, effects=None, values=None) -> log-likelihood``, a pure
+        function of the parameters (the batch and rows are closed over) for
+        ``jax.grad``/``jax.jit``; with ``terms=True`` it returns the :class:`Predictions`.
+
+        ``values`` (R,) replaces the reported values of the point rows (canonical units;
+        other rows ignore it): synthetic data for recovery studies, traced, so one
+        compiled function serves every data set."""
         batch, rows, solver = self.batch, self.rows, self.solver
 
-        def f(kinetic, observation):
-            out = _terms(batch, rows, kinetic, observation, solver)
+        def f(kinetic, observation, effects=None, values=None):
+            r = rows if values is None else eqx.tree_at(lambda q: q.y, rows, jnp.asarray(values, dtype=float))
+            out = _terms(batch, r, kinetic, observation, solver, effects)
+            if terms:
+                return out
             return jnp.where(out.success, jnp.sum(out.log_lik), -jnp.inf)
 
         return f
@@ -379,9 +421,9 @@ def _solve_batch(batch: ScenarioBatch, models, solver, batching: str):
 
 
 def _terms(
-    batch: ScenarioBatch, rows: RowArrays, kinetic, observation, solver, batching="map"
+    batch: ScenarioBatch, rows: RowArrays, kinetic, observation, solver, effects=None, batching="map"
 ) -> Predictions:
-    models = batch.with_parameters(kinetic, observation)
+    models = batch.with_parameters(kinetic, observation, effects)
     signals, first_pass, volume, ok = _solve_batch(batch, models, solver, batching)
     r = rows
     times = batch.times_h[r.scenario]  # (R, T)
@@ -422,6 +464,12 @@ def _terms(
         y_t,
     )
     mu = jnp.log(pos(predicted))
+    if effects is not None:
+        # Assay scale: only levels reported in absolute terms (not ratios to the same
+        # animal's own signal: % of whole body, baselines, half-lives, ...).
+        absolute = (r.stat == 0) & (r.norm != _QUANTITY_NORM["percent_whole_body"])
+        mu = mu + jnp.where(absolute, effects.scale[r.study], 0.0)
+        predicted = jnp.exp(mu)
     sigma = jnp.sqrt(observation.sigma_log[r.family] ** 2 + r.extra_sd**2)
     # Detection rows without their own limit use the assay family's (in cells).
     lower = jnp.where(jnp.isnan(r.lower), family_limit, r.lower)

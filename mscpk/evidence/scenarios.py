@@ -44,8 +44,10 @@ from ..physiology.species import Species
 from ..physiology.species import species as make_species
 from ..product.cell_product import CellProduct, cell_product
 
-#: Scenario-defining columns of an evidence row.
+#: Scenario-defining columns of an evidence row (a scenario belongs to one study, so
+#: that study-level effects can act on it).
 SCENARIO_COLUMNS = (
+    "study_id",
     "species",
     "host_immune",
     "cell_type",
@@ -68,8 +70,9 @@ _HOST = {"nsg": 0, "nod_scid": 0, "athymic": 1, "competent": 2}
 
 @dataclass(frozen=True)
 class Scenario:
-    """One simulated condition (hashable; rows with equal scenarios share a solve)."""
+    """One simulated condition of one study (hashable; rows with equal scenarios share a solve)."""
 
+    study_id: str
     species: str
     host_immune: str
     cell_type: str
@@ -103,7 +106,8 @@ class Scenario:
         return Regimen([Dose(0.0, self.cells_total, self.route_name, self.infusion_h)])
 
     def label(self) -> str:
-        parts = [self.species, self.route_name, f"{self.cells_total:.3g} {self.cell_type}", self.host_immune]
+        dose = f"{self.cells_total:.3g} {self.cell_type}"
+        parts = [self.study_id, self.species, self.route_name, dose, self.host_immune]
         if self.preparation == "thawed":
             parts.append("thawed")
         if self.isotope:
@@ -124,6 +128,7 @@ def scenario_of(row: dict) -> Scenario:
     prep = "thawed" if row["preparation"] == "thawed" else "fresh"
     infusion = _none(row["infusion_h"])
     return Scenario(
+        study_id=row["study_id"],
         species=row["species"],
         host_immune=row["host_immune"],
         cell_type=row["cell_type"],
@@ -168,6 +173,28 @@ def scenario_model(sc: Scenario, n_size_classes: int, mechanisms: Mechanisms) ->
     return Model(species, product, KineticParameters.default(), n_size_classes, mechanisms, Host())
 
 
+class StudyEffects(eqx.Module):
+    """Study-level deviations (log scale, one entry per study) for what differs between
+    laboratories; zeros reproduce the shared model.
+
+    - ``survival``: log factor on local cell survival: every organ's and depot's death
+      rate is divided by ``exp(survival)`` (cell source, passage, handling, host).
+    - ``lung``: log factor on lung retention: the critical diameter ratio of capillary
+      arrest is divided by ``exp(lung)`` (injection speed, cell clumping, size assay).
+    - ``scale``: log factor on the reported level of absolute (not normalised-to-self)
+      measurements (calibration of counting, imaging or PCR standards).
+    """
+
+    survival: Float[Array, " N"]
+    lung: Float[Array, " N"]
+    scale: Float[Array, " N"]
+
+    @classmethod
+    def zeros(cls, n_studies: int) -> "StudyEffects":
+        z = jnp.zeros(n_studies)
+        return cls(z, z, z)
+
+
 def _stack(trees):
     return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
 
@@ -187,14 +214,21 @@ class ScenarioBatch(eqx.Module):
     mismatch: Int[Array, " S"]
     host_code: Int[Array, " S"]
     isotope: Int[Array, " S"]
+    study: Int[Array, " S"]
 
     @property
     def n(self) -> int:
         return self.times_h.shape[0]
 
-    def with_parameters(self, kinetic: KineticParameters, observation: ObservationParameters) -> Model:
+    def with_parameters(
+        self,
+        kinetic: KineticParameters,
+        observation: ObservationParameters,
+        effects: StudyEffects | None = None,
+    ) -> Model:
         """The stacked models with ``kinetic`` parameters (per-isotope label kinetics
-        from ``observation``) and each scenario's anti-donor strength."""
+        from ``observation``), each scenario's anti-donor strength and, if given, its
+        study's :class:`StudyEffects`."""
         s = self.n
         params = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (s,) + jnp.shape(x)), kinetic)
         params = eqx.tree_at(
@@ -205,6 +239,18 @@ class ScenarioBatch(eqx.Module):
                 observation.label_residual_loss_rate_per_h[self.isotope],
             ),
         )
+        if effects is not None:
+            survival = jnp.exp(-effects.survival[self.study])  # better survival: slower death
+            lung = jnp.exp(effects.lung[self.study])
+            params = eqx.tree_at(
+                lambda q: (q.death_rate_per_h, q.depot_death_rate_per_h, q.critical_diameter_ratio),
+                params,
+                (
+                    params.death_rate_per_h * survival[:, None],
+                    params.depot_death_rate_per_h * survival[:, None],
+                    params.critical_diameter_ratio / lung,
+                ),
+            )
         mismatch = jnp.where(
             self.mismatch == 2, 1.0, jnp.where(self.mismatch == 1, kinetic.hla_matched_response_fraction, 0.0)
         )
@@ -222,8 +268,11 @@ def build_batch(
     times: list[np.ndarray],
     n_size_classes: int = 5,
     mechanisms: Mechanisms | None = None,
+    study_ids: tuple[str, ...] | None = None,
 ) -> ScenarioBatch:
-    """Stack ``scenarios`` with their sorted output ``times`` (one array each)."""
+    """Stack ``scenarios`` with their sorted output ``times`` (one array each);
+    ``study_ids`` orders the studies (default: sorted ids of the scenarios)."""
+    study_ids = tuple(sorted({sc.study_id for sc in scenarios})) if study_ids is None else study_ids
     mechanisms = Mechanisms() if mechanisms is None else mechanisms
     models = [scenario_model(sc, n_size_classes, mechanisms) for sc in scenarios]
     regimens = [sc.regimen() for sc in scenarios]
@@ -239,6 +288,7 @@ def build_batch(
         mismatch=jnp.asarray([_MISMATCH[sc.donor_match] for sc in scenarios]),
         host_code=jnp.asarray([_HOST[sc.host_immune] for sc in scenarios]),
         isotope=jnp.asarray([ISOTOPES.index(sc.isotope) if sc.isotope else 0 for sc in scenarios]),
+        study=jnp.asarray([study_ids.index(sc.study_id) for sc in scenarios]),
     )
 
 

@@ -1,0 +1,98 @@
+"""Re-run the literature calibration end to end and record how long it took.
+
+Run: ``python benchmarks/calibration.py [--chains 4 --warmup 500 --draws 1000] [--export DIR]``
+
+It gives JAX one CPU host device per chain (so NumPyro runs the chains in parallel; the
+flag must be set before JAX starts), runs ``mscpk fit`` (MAP from several starts, then
+NUTS), writes the InferenceData to ``--out`` and ``benchmarks/results/calibration-<device>.json``
+with wall time, diagnostics, machine and versions. ``--export mscpk/calibration/data``
+replaces the shipped posterior (only do that with a run that meets the diagnostics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--map-restarts", type=int, default=4)
+    parser.add_argument("--map-steps", type=int, default=200)
+    parser.add_argument("--max-tree-depth", type=int, default=8)
+    parser.add_argument("--study", action="append", default=None)
+    parser.add_argument("--out", default="posterior.nc")
+    parser.add_argument("--export", default=None)
+    args = parser.parse_args(argv)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.chains}".strip()
+
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import arviz as az
+
+    import mscpk
+    from mscpk.calibration.fit import diagnostics
+    from mscpk.calibration.posterior import global_sites
+    from mscpk.cli import main as cli
+
+    cmd = [
+        "fit", "--out", args.out, "--chains", str(args.chains), "--warmup", str(args.warmup),
+        "--draws", str(args.draws), "--map-restarts", str(args.map_restarts), "--map-steps", str(args.map_steps),
+        "--max-tree-depth", str(args.max_tree_depth),
+    ]
+    for s in args.study or []:
+        cmd += ["--study", s]
+    if args.export:
+        cmd += ["--export", args.export]
+    t0 = time.perf_counter()
+    rc = cli(cmd)
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        return rc
+    idata = az.from_netcdf(args.out)
+    d = diagnostics(idata, global_sites(idata))
+    import numpyro
+
+    device = jax.devices()[0]
+    result = {
+        "benchmark": "literature calibration end to end (mscpk fit: MAP + NUTS)",
+        "command": "mscpk " + " ".join(cmd),
+        "wall_s": wall,
+        "nuts_s": float(idata.posterior.attrs.get("seconds", float("nan"))),
+        "map_s": float(idata.posterior.attrs.get("map_seconds", float("nan"))),
+        "chains": args.chains,
+        "warmup": args.warmup,
+        "draws": args.draws,
+        "diagnostics": d,
+        "nuts_s_per_ess": float(idata.posterior.attrs.get("seconds", float("nan"))) / max(d["min_ess_bulk"], 1e-9),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        "versions": {
+            "python": sys.version.split()[0],
+            "mscpk": mscpk.__version__,
+            "jax": jax.__version__,
+            "numpyro": numpyro.__version__,
+        },
+        "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    out = Path(__file__).parent / "results" / f"calibration-{device.platform}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

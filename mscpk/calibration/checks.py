@@ -1,0 +1,231 @@
+"""Checks of a calibration: posterior predictive checks and recovery of known parameters.
+
+**Posterior predictive.** For thinned posterior draws, every evidence row's prediction
+and error model give a replicated measurement ``y_rep = prediction * exp(sigma * eps)``.
+A row is *covered* when what was reported is consistent with the central 90% predictive
+interval ``[q5, q95]``: a point value inside it; a range or interval overlapping it; a
+lower bound ``>= L`` with ``q95 >= L``; an upper bound ``<= U`` with ``q5 <= U``
+(detection rows use the assay's detection limit as bound).
+
+**Recovery / simulation-based calibration.** Parameters are drawn from the prior,
+synthetic point data are simulated from them through the same error model, and NUTS is
+run on each data set (one compilation serves every replicate: the data are traced model
+arguments). The truth's rank among the posterior draws is uniform if the inference is
+calibrated (Talts et al. 2018, arXiv:1804.06788); the fraction of truths inside their
+central 90% posterior interval should be near 0.9.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from numpyro.infer import MCMC, NUTS, init_to_value
+
+from ..evidence.likelihood import TERMS
+from .problem import EFFECTS, CalibrationProblem
+
+
+# ---------------------------------------------------------------------- posterior draws
+def posterior_draws(idata, n: int | None = None, key=None) -> dict:
+    """Posterior samples as a dict of arrays with one leading draw axis (chains merged),
+    optionally thinned at random to ``n`` draws."""
+    post = idata.posterior
+    out = {}
+    for name, da in post.data_vars.items():
+        a = np.asarray(da)
+        out[name] = a.reshape((-1,) + a.shape[2:])
+    total = next(iter(out.values())).shape[0]
+    if n is not None and n < total:
+        key = jax.random.PRNGKey(0) if key is None else key
+        idx = np.sort(np.asarray(jax.random.choice(key, total, (n,), replace=False)))
+        out = {k: v[idx] for k, v in out.items()}
+    return out
+
+
+def _site_values(problem: CalibrationProblem, draws: dict) -> dict:
+    names = list(problem.parameter_names)
+    if problem.hierarchical:
+        names += [f"tau_{e}" for e in EFFECTS] + [f"z_{e}" for e in EFFECTS]
+    missing = [n for n in names if n not in draws]
+    if missing:
+        raise ValueError(f"draws: missing sites {missing} needed by the problem")
+    return {n: jnp.asarray(draws[n]) for n in names}
+
+
+def predictive(problem: CalibrationProblem, draws: dict, key) -> dict:
+    """Per draw and row: ``predicted`` (D, R), ``sigma`` (D, R) and a replicated
+    measurement ``replicated`` (D, R); ``success`` (D,)."""
+    values = _site_values(problem, draws)
+    f = jax.jit(lambda v: problem.predictions(v))
+    out = _map(f, values)
+    eps = jax.random.normal(key, out.predicted.shape)
+    rep = out.predicted * jnp.exp(out.sigma * eps)
+    return {
+        "predicted": np.asarray(out.predicted),
+        "sigma": np.asarray(out.sigma),
+        "replicated": np.asarray(rep),
+        "success": np.asarray(out.success),
+    }
+
+
+def _map(f, values):
+    """Evaluate ``f`` draw by draw (one compiled function; bounded memory)."""
+    n = next(iter(values.values())).shape[0]
+    outs = [f({k: v[i] for k, v in values.items()}) for i in range(n)]
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
+
+
+def coverage_table(problem: CalibrationProblem, pred: dict, interval: float = 0.9) -> pd.DataFrame:
+    """One line per evidence row: what was reported, the central predictive interval and
+    whether they are consistent (see the module docstring)."""
+    if not 0 < interval < 1:
+        raise ValueError(f"interval: must be in (0, 1), got {interval!r}")
+    rows = problem.likelihood.rows
+    table = problem.likelihood.table
+    ok = pred["success"]
+    rep = pred["replicated"][ok]
+    if rep.shape[0] == 0:
+        raise ValueError("pred: no successful draws")
+    a = (1 - interval) / 2
+    lo, hi = np.quantile(rep, [a, 1 - a], axis=0)
+    med = np.median(rep, axis=0)
+    term = np.asarray(rows.term)
+    y, lower, upper = (np.asarray(x) for x in (rows.y, rows.lower, rows.upper))
+    limit = np.asarray(problem.observation.detection_limit_cells)[np.asarray(rows.family)]
+    lower = np.where(np.isnan(lower), limit, lower)
+    upper = np.where(np.isnan(upper), limit, upper)
+    kind = np.array(TERMS)[term]
+    within = np.select(
+        [kind == "point", kind == "lower", kind == "upper"],
+        [(y >= lo) & (y <= hi), hi >= lower, lo <= upper],
+        (upper >= lo) & (lower <= hi),
+    )
+    return pd.DataFrame(
+        {
+            "row_id": table.row_id,
+            "study_id": table.study_id,
+            "term": kind,
+            "reported": np.where(kind == "point", y, np.nan),
+            "lower": np.where((kind == "lower") | (kind == "interval"), lower, np.nan),
+            "upper": np.where((kind == "upper") | (kind == "interval"), upper, np.nan),
+            "pred_median": med,
+            "pred_lo": lo,
+            "pred_hi": hi,
+            "within": within,
+        }
+    )
+
+
+# ---------------------------------------------------------------------- recovery / SBC
+def synthetic_data(problem: CalibrationProblem, truth: dict, key) -> jnp.ndarray:
+    """Point data simulated at ``truth`` through the error model (canonical units)."""
+    term = np.asarray(problem.likelihood.rows.term)
+    if not np.all(term == TERMS.index("point")):
+        raise ValueError("problem: synthetic data need a table of point rows only (no bounds or intervals)")
+    out = problem.predictions(truth)
+    if not bool(out.success):
+        raise ValueError("truth: the solve failed at these parameters")
+    return out.predicted * jnp.exp(out.sigma * jax.random.normal(key, out.predicted.shape))
+
+
+def recovery(
+    problem: CalibrationProblem,
+    key,
+    replicates: int = 10,
+    warmup: int = 200,
+    draws: int = 200,
+    interval: float = 0.9,
+    max_tree_depth: int = 5,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Fit ``replicates`` synthetic data sets drawn at prior draws; one line per replicate
+    and calibrated parameter with the truth, its rank among the draws, the central
+    ``interval`` and whether it covers the truth."""
+    if problem.hierarchical:
+        raise ValueError("problem: recovery runs on a non-hierarchical (reduced) problem")
+    a = (1 - interval) / 2
+    names = problem.parameter_names
+    start = problem.prior_median()
+    mcmc = MCMC(
+        NUTS(problem.model, init_strategy=init_to_value(values=start), max_tree_depth=max_tree_depth),
+        num_warmup=warmup,
+        num_samples=draws,
+        num_chains=1,
+        progress_bar=progress,
+        jit_model_args=True,
+    )
+    lines = []
+    for i, k in enumerate(jax.random.split(key, replicates)):
+        k_truth, k_data, k_run = jax.random.split(k, 3)
+        truth = problem.prior_sample(k_truth)
+        data = synthetic_data(problem, truth, k_data)
+        mcmc.run(k_run, data, extra_fields=("diverging",))
+        samples = mcmc.get_samples()
+        divergent = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
+        for n in names:
+            s = np.asarray(samples[n])
+            t = float(truth[n])
+            lo, hi = np.quantile(s, [a, 1 - a])
+            lines.append(
+                {
+                    "replicate": i,
+                    "parameter": n,
+                    "truth": t,
+                    "posterior_median": float(np.median(s)),
+                    "lower": float(lo),
+                    "upper": float(hi),
+                    "covered": bool(lo <= t <= hi),
+                    "rank": int(np.sum(s < t)),
+                    "draws": int(s.size),
+                    "divergences": divergent,
+                }
+            )
+    return pd.DataFrame(lines)
+
+
+#: Template of the reduced recovery problem: a mouse IV experiment re-culturing cells
+#: from the lung (Eggenhofer 2012's design); only its structure is used.
+RECOVERY_TEMPLATE_ROW = "eggenhofer2012_culture_lung_24h"
+
+
+def reduced_problem(
+    times_h=(0.5, 1.0, 2.0, 4.0, 6.0, 9.0, 12.0, 18.0, 24.0, 30.0, 36.0, 48.0),
+    entries=("death_rate_scale", "sigma_flow"),
+    n_size_classes: int = 1,
+    rtol: float = 1e-6,
+):
+    """A small, fast problem for recovery tests: viable lung cells of one mouse IV
+    scenario at ``times_h`` (values are placeholders, replaced by synthetic data),
+    calibrating the registry ``entries`` only, without study effects. Reduced numerics
+    (one diameter class, ``rtol`` 1e-6) make a gradient ~4x cheaper (4 ms with jax 0.4.31);
+    data are simulated with the same model, so recovery is unaffected."""
+    from ..evidence import load
+    from ..evidence.likelihood import EvidenceLikelihood
+    from ..solve.segments import SolverConfig
+    from .registry import REGISTRY
+
+    table = load()
+    template = table[table.row_id == RECOVERY_TEMPLATE_ROW].iloc[0]
+    rows = []
+    for t in times_h:
+        r = template.copy()
+        r["row_id"] = f"synthetic_lung_{float(t):g}h"
+        r["study_id"] = "synthetic"
+        r["time_h"] = float(t)
+        r["censoring"] = "none"
+        r["value"] = 1.0
+        r["detection_limit"] = float("nan")
+        r["notes"] = (
+            f"SYNTHETIC row for recovery tests: the design of {RECOVERY_TEMPLATE_ROW}, value a placeholder "
+            "replaced by simulated data; not evidence."
+        )
+        rows.append(r)
+    by_name = {c.name: c for c in REGISTRY}
+    unknown = [e for e in entries if e not in by_name]
+    if unknown:
+        raise ValueError(f"entries: unknown registry names {unknown}; allowed: {', '.join(by_name)}")
+    solver = SolverConfig(rtol=rtol, atol=1e-10, max_steps=4096)
+    lik = EvidenceLikelihood(pd.DataFrame(rows).reset_index(drop=True), solver, n_size_classes)
+    return CalibrationProblem(lik, tuple(by_name[e] for e in entries), hierarchical=False)
