@@ -47,9 +47,21 @@ def main(argv=None):
     from mscpk.cli import main as cli
 
     cmd = [
-        "fit", "--out", args.out, "--chains", str(args.chains), "--warmup", str(args.warmup),
-        "--draws", str(args.draws), "--map-restarts", str(args.map_restarts), "--map-steps", str(args.map_steps),
-        "--max-tree-depth", str(args.max_tree_depth),
+        "fit",
+        "--out",
+        args.out,
+        "--chains",
+        str(args.chains),
+        "--warmup",
+        str(args.warmup),
+        "--draws",
+        str(args.draws),
+        "--map-restarts",
+        str(args.map_restarts),
+        "--map-steps",
+        str(args.map_steps),
+        "--max-tree-depth",
+        str(args.max_tree_depth),
     ]
     for s in args.study or []:
         cmd += ["--study", s]
@@ -75,8 +87,13 @@ def main(argv=None):
         "warmup": args.warmup,
         "draws": args.draws,
         "diagnostics": d,
-        "nuts_s_per_ess": float(idata.posterior.attrs.get("seconds", float("nan"))) / max(d["min_ess_bulk"], 1e-9),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        "nuts_s_per_ess": float(idata.posterior.attrs.get("seconds", float("nan")))
+        / max(d["min_ess_bulk"], 1e-9),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+        },
         "versions": {
             "python": sys.version.split()[0],
             "mscpk": mscpk.__version__,

@@ -259,10 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--out", required=True, help="path of the InferenceData netCDF file to write")
     fit.add_argument("--chains", type=_positive_int("--chains"), default=4, help="NUTS chains (default: 4)")
-    fit.add_argument("--warmup", type=_positive_int("--warmup"), default=500, help="warm-up steps (default: 500)")
-    fit.add_argument("--draws", type=_positive_int("--draws"), default=1000, help="draws per chain (default: 1000)")
-    fit.add_argument("--map-restarts", type=_positive_int("--map-restarts"), default=4, help="MAP starts (default: 4)")
-    fit.add_argument("--map-steps", type=_positive_int("--map-steps"), default=200, help="Adam steps per start")
+    fit.add_argument(
+        "--warmup", type=_positive_int("--warmup"), default=500, help="warm-up steps (default: 500)"
+    )
+    fit.add_argument(
+        "--draws", type=_positive_int("--draws"), default=1000, help="draws per chain (default: 1000)"
+    )
+    fit.add_argument(
+        "--map-restarts", type=_positive_int("--map-restarts"), default=4, help="MAP starts (default: 4)"
+    )
+    fit.add_argument(
+        "--map-steps", type=_positive_int("--map-steps"), default=200, help="Adam steps per start"
+    )
     fit.add_argument("--study", action="append", default=None, help="only this study (repeatable)")
     fit.add_argument("--no-hierarchy", action="store_true", help="no study-level effects")
     fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -291,7 +299,8 @@ def _positive_int(name):
 def cmd_fit(args) -> int:
     import jax
 
-    from .calibration import CalibrationProblem, fit as calfit
+    from .calibration import CalibrationProblem
+    from .calibration import fit as calfit
     from .calibration.posterior import export, fit_report
     from .evidence import load
     from .evidence.likelihood import EvidenceLikelihood
@@ -303,14 +312,22 @@ def cmd_fit(args) -> int:
             raise ValueError(f"--study: unknown {unknown}; allowed: {', '.join(sorted(set(table.study_id)))}")
         table = table[table.study_id.isin(args.study)].reset_index(drop=True)
     problem = CalibrationProblem(EvidenceLikelihood(table), hierarchical=not args.no_hierarchy)
-    print(f"mscpk fit: {len(table)} rows, {problem.likelihood.n_studies} studies, "
-          f"{len(problem.parameter_names)} calibrated parameters: {', '.join(problem.parameter_names)}")
+    print(
+        f"mscpk fit: {len(table)} rows, {problem.likelihood.n_studies} studies, "
+        f"{len(problem.parameter_names)} calibrated parameters: {', '.join(problem.parameter_names)}"
+    )
     key_map, key_nuts = jax.random.split(jax.random.PRNGKey(args.seed))
     best = calfit.find_map(problem, key_map, args.map_restarts, args.map_steps, progress=True)
     print(f"MAP: log density {best.log_density:.3f} ({best.seconds:.0f} s; restarts {best.restarts})")
     idata = calfit.run_nuts(
-        problem, key_nuts, args.chains, args.warmup, args.draws, init=best.values,
-        max_tree_depth=args.max_tree_depth, progress=True,
+        problem,
+        key_nuts,
+        args.chains,
+        args.warmup,
+        args.draws,
+        init=best.values,
+        max_tree_depth=args.max_tree_depth,
+        progress=True,
     )
     idata.posterior.attrs["map_seconds"] = best.seconds
     idata.to_netcdf(args.out)

@@ -9,7 +9,7 @@ import numpyro
 import pytest
 
 import mscpk
-from mscpk.calibration import REGISTRY, CalibrationProblem, Calibrated, checks, informed
+from mscpk.calibration import REGISTRY, Calibrated, CalibrationProblem, checks, informed
 from mscpk.calibration import fit as calfit
 from mscpk.calibration.registry import apply
 from mscpk.evidence import load
@@ -34,7 +34,9 @@ def two_studies():
 def _with_values(problem, data):
     lik = problem.likelihood
     table = lik.table.assign(value=np.asarray(data))
-    return CalibrationProblem(EvidenceLikelihood(table, lik.solver, lik.batch.models.n_size_classes), problem.entries, False)
+    return CalibrationProblem(
+        EvidenceLikelihood(table, lik.solver, lik.batch.models.n_size_classes), problem.entries, False
+    )
 
 
 def test_registry_entries_have_prior_units_and_basis():
@@ -46,7 +48,9 @@ def test_registry_entries_have_prior_units_and_basis():
     with pytest.raises(ValueError, match="prior"):
         Calibrated("x", "kinetic", "death_rate_per_h", None, True, "gamma", 1.0, 1.0, "1", "basis")
     with pytest.raises(ValueError, match="median"):
-        Calibrated("x", "kinetic", "athymic_response_fraction", None, False, "logitnormal", 1.5, 1.0, "1", "b")
+        Calibrated(
+            "x", "kinetic", "athymic_response_fraction", None, False, "logitnormal", 1.5, 1.0, "1", "b"
+        )
 
 
 def test_informed_entries_follow_the_table():
@@ -55,7 +59,11 @@ def test_informed_entries_follow_the_table():
     assert {"critical_diameter_ratio", "death_rate_scale", "depot_death_rate_im", "label_leak_in111"} <= names
     assert "label_leak_zr89" not in names  # no 89Zr rows
     toma = table[table.study_id == "toma2009"]
-    assert {c.name for c in informed(toma)} & {"depot_death_rate_im", "sigma_bli", "label_leak_in111"} == set()
+    assert {c.name for c in informed(toma)} & {
+        "depot_death_rate_im",
+        "sigma_bli",
+        "label_leak_in111",
+    } == set()
 
 
 def test_apply_sets_scalars_elements_and_scales():

@@ -81,7 +81,9 @@ def find_map(
     for r in range(restarts):
         z = info.param_info.z
         if r > 0:
-            z = initialize_model(keys[r], problem.model, init_strategy=init_to_sample, validate_grad=False).param_info.z
+            z = initialize_model(
+                keys[r], problem.model, init_strategy=init_to_sample, validate_grad=False
+            ).param_info.z
         state = optimiser.init(z)
         history, best_z, best_loss = [], z, np.inf
         for i in range(steps):
@@ -92,7 +94,10 @@ def find_map(
                 best_z, best_loss = z, loss
             z = z_new
             if progress and (i % 20 == 0 or i == steps - 1):
-                print(f"MAP restart {r + 1}/{restarts} step {i + 1}/{steps}: log density {-loss:.3f}", flush=True)
+                print(
+                    f"MAP restart {r + 1}/{restarts} step {i + 1}/{steps}: log density {-loss:.3f}",
+                    flush=True,
+                )
         finals.append(-best_loss)
         if best is None or best_loss < best[1]:
             best = (best_z, best_loss, history)

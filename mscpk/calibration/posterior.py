@@ -64,7 +64,13 @@ def export(idata, problem, out_dir, n_draws: int = SHIPPED_DRAWS, seed: int = 0)
     meta = dict(post.attrs)
     meta["diagnostics"] = diagnostics(idata, names)
     meta["calibrated_entries"] = [
-        {"name": c.name, "sets": f"{c.target}.{c.field}", "index": c.index, "scale": c.scale, "units": c.units}
+        {
+            "name": c.name,
+            "sets": f"{c.target}.{c.field}",
+            "index": c.index,
+            "scale": c.scale,
+            "units": c.units,
+        }
         for c in problem.entries
     ]
     paths[2].write_text(json.dumps(meta, indent=2, default=str) + "\n")

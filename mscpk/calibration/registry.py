@@ -97,24 +97,53 @@ _DOUBLE = (
 def _registry() -> tuple[Calibrated, ...]:
     out = [
         Calibrated(
-            "critical_diameter_ratio", "kinetic", "critical_diameter_ratio", None, False, "lognormal",
-            float(_K.critical_diameter_ratio), 1.0, "1",
+            "critical_diameter_ratio",
+            "kinetic",
+            "critical_diameter_ratio",
+            None,
+            False,
+            "lognormal",
+            float(_K.critical_diameter_ratio),
+            1.0,
+            "1",
             _DOUBLE.format(src="Fischer 2009 and Toma 2009", sd=1.0),
         ),
         Calibrated(
-            "death_rate_scale", "kinetic", "death_rate_per_h", None, True, "lognormal", 1.0, 1.0, "1",
+            "death_rate_scale",
+            "kinetic",
+            "death_rate_per_h",
+            None,
+            True,
+            "lognormal",
+            1.0,
+            1.0,
+            "1",
             "Multiplier of every organ's death rate (default ratios kept). "
             + _DOUBLE.format(src="Lee 2009 (lung) and Toma 2009 (tissue)", sd=1.0),
         ),
         Calibrated(
-            "debris_clearance_rate_per_h", "kinetic", "debris_clearance_rate_per_h", None, False, "lognormal",
-            float(_K.debris_clearance_rate_per_h), 0.5, "1/h",
+            "debris_clearance_rate_per_h",
+            "kinetic",
+            "debris_clearance_rate_per_h",
+            None,
+            False,
+            "lognormal",
+            float(_K.debris_clearance_rate_per_h),
+            0.5,
+            "1/h",
             "Default from an 111In-tropolone radiotracer-kinetics meeting abstract (derived, I; not in "
             "the evidence library): log SD 0.5.",
         ),
         Calibrated(
-            "dna_degradation_rate_per_h", "kinetic", "dna_degradation_rate_per_h", None, False, "lognormal",
-            float(_K.dna_degradation_rate_per_h), 1.0, "1/h",
+            "dna_degradation_rate_per_h",
+            "kinetic",
+            "dna_degradation_rate_per_h",
+            None,
+            False,
+            "lognormal",
+            float(_K.dna_degradation_rate_per_h),
+            1.0,
+            "1/h",
             "ASSUMPTION default (bounded by free plasma DNA clearance): log SD 1.0.",
             uses=("family:pcr",),
         ),
@@ -123,16 +152,30 @@ def _registry() -> tuple[Calibrated, ...]:
         i = DEPOTS.index(depot)
         out.append(
             Calibrated(
-                f"depot_death_rate_{depot}", "kinetic", "depot_death_rate_per_h", i, False, "lognormal",
-                float(_K.depot_death_rate_per_h[i]), sd, "1/h",
+                f"depot_death_rate_{depot}",
+                "kinetic",
+                "depot_death_rate_per_h",
+                i,
+                False,
+                "lognormal",
+                float(_K.depot_death_rate_per_h[i]),
+                sd,
+                "1/h",
                 _DOUBLE.format(src="Braid 2018", sd=sd),
                 uses=(f"route:{depot}",),
             )
         )
     out.append(
         Calibrated(
-            "athymic_response_fraction", "kinetic", "athymic_response_fraction", None, False, "logitnormal",
-            float(_K.athymic_response_fraction), 1.0, "1",
+            "athymic_response_fraction",
+            "kinetic",
+            "athymic_response_fraction",
+            None,
+            False,
+            "logitnormal",
+            float(_K.athymic_response_fraction),
+            1.0,
+            "1",
             "ASSUMPTION default (NK cells remain in athymic hosts): logit SD 1.0.",
             uses=("host:athymic",),
         )
@@ -141,8 +184,15 @@ def _registry() -> tuple[Calibrated, ...]:
         i = ISOTOPES.index(iso)
         out.append(
             Calibrated(
-                f"label_leak_{iso}", "observation", "label_leak_rate_per_h", i, False, "lognormal",
-                float(_O.label_leak_rate_per_h[i]), 1.0, "1/h",
+                f"label_leak_{iso}",
+                "observation",
+                "label_leak_rate_per_h",
+                i,
+                False,
+                "lognormal",
+                float(_O.label_leak_rate_per_h[i]),
+                1.0,
+                "1/h",
                 "ASSUMPTION default (the 111In-oxine value for every isotope): log SD 1.0.",
                 uses=(f"isotope:{iso}",),
             )
@@ -151,8 +201,15 @@ def _registry() -> tuple[Calibrated, ...]:
         i = ASSAY_FAMILIES.index(fam)
         out.append(
             Calibrated(
-                f"sigma_{fam}", "observation", "sigma_log", i, False, "lognormal",
-                float(_O.sigma_log[i]), 0.5, "1 (log scale)",
+                f"sigma_{fam}",
+                "observation",
+                "sigma_log",
+                i,
+                False,
+                "lognormal",
+                float(_O.sigma_log[i]),
+                0.5,
+                "1 (log scale)",
                 "ASSUMPTION default (typical between-animal spread): log SD 0.5.",
                 uses=(f"family:{fam}",),
             )
@@ -187,7 +244,9 @@ def informed(table, registry: tuple[Calibrated, ...] = REGISTRY) -> tuple[Calibr
 
 
 def apply(
-    values: dict, entries: tuple[Calibrated, ...], kinetic: KineticParameters | None = None,
+    values: dict,
+    entries: tuple[Calibrated, ...],
+    kinetic: KineticParameters | None = None,
     observation: ObservationParameters | None = None,
 ) -> tuple[KineticParameters, ObservationParameters]:
     """Parameter sets with the calibrated ``values`` (by entry name) put in place."""
