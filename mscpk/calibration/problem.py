@@ -122,9 +122,8 @@ class CalibrationProblem:
         return self._f_terms(kinetic, observation, self.effects(values))
 
     # ------------------------------------------------------------------ NumPyro
-    def model(self, data=None):
-        """The NumPyro model. The evidence is closed over; ``data`` (R,) optionally replaces
-        the values of its point rows (synthetic data sets, traced: one compilation)."""
+    def _sample_priors(self) -> dict:
+        """Sample every prior site (inside a NumPyro model); returns the values by name."""
         values = {c.name: numpyro.sample(c.name, prior_distribution(c)) for c in self.entries}
         if self.hierarchical:
             n = len(self.study_ids)
@@ -132,7 +131,12 @@ class CalibrationProblem:
                 values[f"tau_{e}"] = numpyro.sample(f"tau_{e}", dist.HalfNormal(TAU_SCALE[e]))
                 with numpyro.plate("study", n):
                     values[f"z_{e}"] = numpyro.sample(f"z_{e}", dist.Normal(0.0, 1.0))
-        numpyro.factor("evidence", self.log_likelihood(values, data))
+        return values
+
+    def model(self, data=None):
+        """The NumPyro model. The evidence is closed over; ``data`` (R,) optionally replaces
+        the values of its point rows (synthetic data sets, traced: one compilation)."""
+        numpyro.factor("evidence", self.log_likelihood(self._sample_priors(), data))
 
     def prior_median(self) -> dict:
         """Prior medians of the global sites (effects zero): a deterministic start."""
@@ -149,16 +153,7 @@ class CalibrationProblem:
         from numpyro.infer import Predictive
 
         m = 1 if n is None else int(n)
-
-        def priors_only():
-            vals = {c.name: numpyro.sample(c.name, prior_distribution(c)) for c in self.entries}
-            if self.hierarchical:
-                for e in EFFECTS:
-                    vals[f"tau_{e}"] = numpyro.sample(f"tau_{e}", dist.HalfNormal(TAU_SCALE[e]))
-                    with numpyro.plate("study", len(self.study_ids)):
-                        numpyro.sample(f"z_{e}", dist.Normal(0.0, 1.0))
-
-        draws = Predictive(priors_only, num_samples=m)(key)
+        draws = Predictive(self._sample_priors, num_samples=m)(key)
         return draws if n is not None else jax.tree_util.tree_map(lambda x: x[0], draws)
 
     def describe(self):
