@@ -29,6 +29,7 @@ def main(argv=None):
     parser.add_argument("--map-steps", type=int, default=200)
     parser.add_argument("--max-tree-depth", type=int, default=8)
     parser.add_argument("--study", action="append", default=None)
+    parser.add_argument("--no-hierarchy", action="store_true")
     parser.add_argument("--out", default="posterior.nc")
     parser.add_argument("--export", default=None)
     args = parser.parse_args(argv)
@@ -65,6 +66,8 @@ def main(argv=None):
     ]
     for s in args.study or []:
         cmd += ["--study", s]
+    if args.no_hierarchy:
+        cmd += ["--no-hierarchy"]
     if args.export:
         cmd += ["--export", args.export]
     t0 = time.perf_counter()

@@ -276,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     fit.add_argument("--max-tree-depth", type=_positive_int("--max-tree-depth"), default=8)
     fit.add_argument("--export", default=None, help="directory to write shipped-defaults files into")
+    fit.add_argument(
+        "--ppc-draws",
+        type=_positive_int("--ppc-draws"),
+        default=200,
+        help="posterior draws for the predictive checks written to <out>.ppc/ (default: 200)",
+    )
     post = sub.add_parser("posterior", help="the calibrated posterior", description="Posterior tables.")
     postsub = post.add_subparsers(dest="posterior_command", required=True)
     summ = postsub.add_parser("summary", help="mean, sd, 90% HDI, ESS and R-hat of every global parameter")
@@ -333,6 +339,20 @@ def cmd_fit(args) -> int:
     idata.to_netcdf(args.out)
     print(fit_report(idata, problem))
     print(f"wrote {args.out}")
+    from pathlib import Path
+
+    from .calibration import checks
+
+    ppc_dir = Path(str(args.out) + ".ppc")
+    draws = checks.posterior_draws(idata, args.ppc_draws)
+    cov = checks.coverage_table(problem, checks.predictive(problem, draws, jax.random.PRNGKey(args.seed + 1)))
+    ppc_dir.mkdir(parents=True, exist_ok=True)
+    cov.to_csv(ppc_dir / "coverage.csv", index=False)
+    checks.plot_predictive(cov, ppc_dir)
+    checks.plot_coverage(cov, ppc_dir / "coverage.png")
+    print(
+        f"posterior predictive: {cov.within.mean():.0%} of {len(cov)} rows within their 90% interval; wrote {ppc_dir}/"
+    )
     if args.export:
         for path in export(idata, problem, args.export):
             print(f"wrote {path}")

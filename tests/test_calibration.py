@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
+import pandas as pd
 import pytest
 
 import mscpk
@@ -161,6 +162,9 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "critical_diameter_ratio" in text and "r_hat" in text
+    assert "posterior predictive:" in text
+    assert (tmp_path / "toma.nc.ppc" / "ppc_toma2009.png").exists()
+    assert len(pd.read_csv(tmp_path / "toma.nc.ppc" / "coverage.csv")) == 2
     # The written InferenceData: summary columns, run attributes, netCDF round trip, PPC.
     import arviz as az
 
@@ -179,6 +183,9 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     cov = checks.coverage_table(problem, pred)
     assert list(cov.row_id) == ["toma2009_first_pass", "toma2009_day3_remaining"]
     assert cov.within.dtype == bool and np.all(cov.pred_lo <= cov.pred_hi)
+    figs = checks.plot_predictive(cov, tmp_path / "ppc")
+    assert [p.name for p in figs] == ["ppc_toma2009.png"] and figs[0].stat().st_size > 5000
+    assert checks.plot_coverage(cov, tmp_path / "coverage.png").stat().st_size > 5000
     assert main(["posterior", "summary", "--file", str(out)]) == 0
     assert "critical_diameter_ratio" in capsys.readouterr().out
     assert main(["fit", "--out", str(out), "--study", "nobody2020"]) == 2

@@ -259,3 +259,88 @@ def reduced_problem(
     solver = SolverConfig(rtol=rtol, atol=1e-10, max_steps=4096)
     lik = EvidenceLikelihood(pd.DataFrame(rows).reset_index(drop=True), solver, n_size_classes)
     return CalibrationProblem(lik, tuple(by_name[e] for e in entries), hierarchical=False)
+
+
+# ---------------------------------------------------------------------- figures
+def plot_predictive(cov: pd.DataFrame, out_dir, units: pd.Series | None = None) -> list:
+    """One figure per study: for every row, the central predictive interval (bar), its
+    median (dot) and what was reported (cross for a value, triangle for a bound, line for
+    an interval), each row on its own log axis. Returns the written paths."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    needed = {
+        "row_id",
+        "study_id",
+        "term",
+        "reported",
+        "lower",
+        "upper",
+        "pred_median",
+        "pred_lo",
+        "pred_hi",
+        "within",
+    }
+    missing = needed - set(cov.columns)
+    if missing:
+        raise ValueError(f"cov: not a coverage table (missing columns {sorted(missing)})")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for study, rows in cov.groupby("study_id", sort=True):
+        n = len(rows)
+        ncol = min(4, n)
+        nrow = -(-n // ncol)
+        fig, axes = plt.subplots(
+            nrow, ncol, figsize=(3.0 * ncol, 2.6 * nrow), squeeze=False, constrained_layout=True
+        )
+        for ax, (_, r) in zip(axes.ravel(), rows.iterrows(), strict=False):
+            ax.vlines(0, r.pred_lo, r.pred_hi, lw=6, color="C0", alpha=0.4, label="90% predictive")
+            ax.plot(0, r.pred_median, "o", color="C0")
+            colour = "k" if r.within else "C3"
+            if r.term == "point":
+                ax.plot(0.25, r.reported, "x", color=colour, ms=9, mew=2, label="reported")
+            elif r.term == "lower":
+                ax.plot(0.25, r.lower, "^", color=colour, ms=8, label="reported lower bound")
+            elif r.term == "upper":
+                ax.plot(0.25, r.upper, "v", color=colour, ms=8, label="reported upper bound")
+            else:
+                ax.vlines(0.25, r.lower, r.upper, color=colour, lw=2, label="reported interval")
+            ax.set_yscale("log")
+            ax.set_xlim(-0.5, 0.75)
+            ax.set_xticks([])
+            unit = "" if units is None else f" ({units.get(r.row_id, '')})"
+            ax.set_title(f"{r.row_id}{unit}", fontsize=7)
+        for ax in axes.ravel()[n:]:
+            ax.axis("off")
+        fig.suptitle(f"{study}: evidence vs posterior predictive (red: outside)", fontsize=9)
+        path = out / f"ppc_{study}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_coverage(cov: pd.DataFrame, path, interval: float = 0.9):
+    """Fraction of rows consistent with their predictive interval, per study and overall."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    per = cov.groupby("study_id")["within"].mean().sort_index()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(per) + 2), 3.2), constrained_layout=True)
+    ax.bar(range(len(per)), per.to_numpy(), color="C0")
+    ax.axhline(interval, color="k", ls=":", label=f"nominal {interval:.0%}")
+    ax.axhline(float(cov["within"].mean()), color="C3", ls="--", label=f"all rows {cov['within'].mean():.0%}")
+    ax.set_xticks(range(len(per)), per.index, rotation=45, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("rows within predictive interval")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
