@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
@@ -172,8 +171,3 @@ class CalibrationProblem:
                 for c in self.entries
             ]
         )
-
-
-def stack_values(samples: dict, names) -> np.ndarray:
-    """Samples of scalar sites ``names`` as a (draws, len(names)) array."""
-    return np.stack([np.asarray(samples[n]).reshape(-1) for n in names], axis=-1)
