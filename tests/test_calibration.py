@@ -119,6 +119,13 @@ def _check_recovery(res):
     assert (res.divergences == 0).mean() >= 0.75
 
 
+def test_recovery_rejects_bad_settings(reduced):
+    with pytest.raises(ValueError, match="replicates: expected an integer >= 1, got 0"):
+        checks.recovery(reduced, jax.random.PRNGKey(0), replicates=0)
+    with pytest.raises(ValueError, match="interval: must be in"):
+        checks.recovery(reduced, jax.random.PRNGKey(0), interval=1.5)
+
+
 def test_recovery_small(reduced):
     """Fits to synthetic data at prior draws cover the truth in >= 80% of cases
     (8 data sets x 2 parameters; about 3 min)."""

@@ -146,8 +146,19 @@ def recovery(
     """Fit ``replicates`` synthetic data sets drawn at prior draws; one line per replicate
     and calibrated parameter with the truth, its rank among the draws, the central
     ``interval`` and whether it covers the truth."""
+    from .fit import _check_int
+
     if problem.hierarchical:
         raise ValueError("problem: recovery runs on a non-hierarchical (reduced) problem")
+    for name, value in (
+        ("replicates", replicates),
+        ("warmup", warmup),
+        ("draws", draws),
+        ("map_steps", map_steps),
+    ):
+        _check_int(name, value, 1)
+    if not 0 < interval < 1:
+        raise ValueError(f"interval: must be in (0, 1), got {interval!r}")
     a = (1 - interval) / 2
     names = problem.parameter_names
     start = problem.prior_median()
