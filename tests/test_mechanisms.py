@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import lung_index, random_parameters
+from conftest import NEGATIVE_TOLERANCE, lung_index, random_parameters
 
 import mscpk
 
@@ -64,7 +64,7 @@ def test_mass_balance_with_all_mechanisms_and_random_parameters(mouse_model):
         thawed = mscpk.cell_product("uc_msc", preparation="rescued", rescue_h=8.0)
         r = run(thawed, mscpk.Mechanisms(), params, regimen=regimen)
         assert max(r.mass_balance().values()) <= 1e-9
-        assert r.states.min() >= -1e-12 * 4e6
+        assert r.states.min() >= -NEGATIVE_TOLERANCE * 4e6
 
 
 def test_freshly_thawed_cells_persist_less_and_rescue_restores():

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import NEGATIVE_TOLERANCE
 
 import mscpk
 from mscpk.analysis.routes import COLUMNS, compare_routes
@@ -87,7 +88,7 @@ def test_mass_balance_every_route_and_mixed_regimens(mouse_routes):
     product = mscpk.cell_product("bm_msc", donor="allogeneic")
     r = mscpk.simulate("mouse", product, mixed, t_end_h=240.0, host=host)
     assert max(r.mass_balance().values()) <= 1e-9
-    assert np.all(r.states >= -1e-12 * mixed.total_cells)
+    assert np.all(r.states >= -NEGATIVE_TOLERANCE * mixed.total_cells)
 
 
 def test_gradients_of_route_parameters_match_finite_differences():

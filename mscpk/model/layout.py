@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 #: Organs in model order. Lower-case names are the public output contract.
@@ -182,6 +183,17 @@ def unpack(y: Float[Array, " n"], n_size_classes: int) -> State:
     for k in range(len(SCALARS)):
         parts.append(y[off + k])
     return State(*parts)
+
+
+#: Fast linear pools, integrated analytically by the solver (see
+#: :meth:`mscpk.Model.fast_rates`): dead cells and their label in blood, plasma TAT.
+FAST_POOLS: tuple[tuple[str, int | None], ...] = (("dead", BLOOD), ("label_dead", BLOOD), ("tat", None))
+
+
+def fast_slots(n_size_classes: int) -> tuple[int, ...]:
+    """Indices in the flat state vector of :data:`FAST_POOLS`."""
+    x = unpack(np.arange(state_size(n_size_classes)), n_size_classes)
+    return tuple(int(getattr(x, name) if i is None else getattr(x, name)[i]) for name, i in FAST_POOLS)
 
 
 def pack(state: State) -> Float[Array, " n"]:

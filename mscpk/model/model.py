@@ -257,12 +257,63 @@ class Model(eqx.Module):
 
     # ----------------------------------------------------------------- dynamics
     def vector_field(self, t, y: Float[Array, " n"], input_rate: Float[Array, " n"]) -> Float[Array, " n"]:
-        """Right-hand side ``dy/dt`` (cells/h); ``input_rate`` is the infusion input."""
+        """Right-hand side ``dy/dt`` (cells/h); ``input_rate`` is the infusion input.
+
+        This is the reference form, in which the fast pools (:meth:`fast_rates`) are
+        ordinary states; :func:`mscpk.solve.segments.solve` integrates them analytically.
+        """
         del t
         return self.vector_field_from(self.transport(), y) + input_rate
 
-    def vector_field_from(self, tr: Transport, y: Float[Array, " n"]) -> Float[Array, " n"]:
-        """Right-hand side given precomputed :meth:`transport` (reused across steps)."""
+    def fast_rates(self, tr: Transport) -> Float[Array, " 3"]:
+        r"""Decay rates (1/h) of the fast linear pools :data:`~mscpk.model.layout.FAST_POOLS`:
+        dead cells in blood, their label, plasma TAT.
+
+        These pools turn over in minutes (mouse: blood debris 2/h, TAT 2.8/h), which would
+        bound an explicit solver's step to about an hour over months of slow kinetics. Each
+        is split in two parts. What doses put in (bolus jumps, infusion input, constant on
+        a segment) decays as :math:`A(t) = A_0 e^{-k\tau} + (u/k)(1 - e^{-k\tau})`,
+        which the solver evaluates in closed form (:func:`mscpk.solve.segments.solve`).
+        What the state feeds in (cells released from organs or leaving a depot that die
+        in blood, at rate :math:`q(y)`) is quasi-steady, :math:`q(y)/k`, like circulating
+        viable cells: its relative error is about :math:`|\dot q / q| / k`, the input's
+        change over the pool's turnover time (30 min in a mouse, while the state-driven
+        inputs change over hours to days). The state slot holds :math:`A`;
+        :meth:`observe` adds :math:`q(y)/k`. Cells, DNA and label stay exactly conserved.
+        """
+        r = tr.rates
+        clear = tr.clear[BLOOD]
+        return jnp.stack([clear, clear + r.label_leak_rate_per_h, r.tat_clearance_rate_per_h])
+
+    def _blood_debris_inputs(self, tr: Transport, x: State):
+        """State-driven input rates (cells/h) of dead cells and of their label into blood:
+        cells released from organs or leaving local sites that die while circulating.
+        Works on batched states (leading dimensions)."""
+        r = tr.rates
+        released = r.release_rate_per_h * x.viable  # (..., S, O)
+        released_l = r.release_rate_per_h * x.label_viable
+        to_blood = jnp.sum(r.depot_exit_rate_per_h * _EXIT_TO_BLOOD * x.depot_viable, -1)  # (..., S)
+        to_blood_l = jnp.sum(r.depot_exit_rate_per_h * _EXIT_TO_BLOOD * x.depot_label, -1)
+        died = jnp.sum(tr.cells.release_dead * released, (-2, -1)) + jnp.sum(
+            to_blood * tr.cells.pool_dead, -1
+        )
+        lost_l = jnp.sum(tr.label.release_dead * released_l, (-2, -1)) + jnp.sum(
+            to_blood_l * tr.label.pool_dead, -1
+        )
+        return died, lost_l
+
+    def vector_field_from(
+        self, tr: Transport, y: Float[Array, " n"], fast: Float[Array, " 3"] | None = None
+    ) -> Float[Array, " n"]:
+        """Right-hand side given precomputed :meth:`transport` (reused across steps).
+
+        ``fast``: the dose-driven parts :math:`A(t)` of the fast pools (:meth:`fast_rates`),
+        computed analytically by the solver; ``None`` (the reference form) reads them from
+        the state. Either way each slot's derivative is :math:`-kA` (plus the dose input
+        added by the caller); with ``fast`` given it is a function of time only, so the
+        fast pools no longer bound the step size, and because every outflow of a slot
+        enters another pool the solver still conserves cells, DNA and label exactly.
+        """
         x = unpack(y, self.n_size_classes)
         r, clear, dest, strength = tr.rates, tr.clear, tr.dest, tr.alloimmune
         death = tr.death
@@ -273,11 +324,16 @@ class Model(eqx.Module):
         leak = r.label_leak_rate_per_h
         released = r.release_rate_per_h[None, :] * x.viable  # (S, O)
         released_l = r.release_rate_per_h[None, :] * x.label_viable
-        label_lost = jnp.sum(tr.label.release_dead * released_l)
-        died_in_blood = jnp.sum(tr.cells.release_dead * released)
+        died_in_blood, label_lost = self._blood_debris_inputs(tr, x)
+        # Fast pools: dose-driven part A (state slot or analytic) + quasi-steady part.
+        k_fast = self.fast_rates(tr)
+        a = jnp.stack([x.dead[BLOOD], x.label_dead[BLOOD], x.tat]) if fast is None else fast
+        x = x._replace(
+            dead=x.dead.at[BLOOD].set(a[0] + died_in_blood / k_fast[0]),
+            label_dead=x.label_dead.at[BLOOD].set(a[1] + label_lost * tr.label_dead_share / k_fast[1]),
+            tat=a[2],
+        )
         dp = self._depot_flows(tr, x)
-        died_in_blood = died_in_blood + dp["died_in_blood"]
-        label_lost = label_lost + dp["label_lost"]
         dead_in = jnp.concatenate([jnp.reshape(died_in_blood, (1,)), death * x.viable.sum(0)]) + dp["dead"]
         label_dead_in = (
             jnp.concatenate(
@@ -400,8 +456,6 @@ class Model(eqx.Module):
             depot_label=-(death + leave + leak)[None, :] * dl + to_wound_l[:, None] * wound[None, :],
             viable=to_blood[:, None] * tr.cells.pool,
             label_viable=to_blood_l[:, None] * tr.label.pool,
-            died_in_blood=jnp.sum(to_blood * tr.cells.pool_dead),
-            label_lost=jnp.sum(to_blood_l * tr.label.pool_dead),
             dead=_DEPOT_TO_C @ dying.sum(0),
             label_dead=_DEPOT_TO_C @ dying_l.sum(0),
             extracorporeal_removed=dying.sum(0) @ _OUTSIDE,
@@ -802,12 +856,17 @@ class Model(eqx.Module):
             jnp.concatenate([blood_l[..., None], x.label_viable.sum(-2)], -1)
             + x.depot_label.sum(-2) @ _DEPOT_TO_C.T
         )
+        # Fast pools: the state holds the dose-driven part; add the quasi-steady part.
+        died, lost_l = self._blood_debris_inputs(tr, x)
+        k_fast = self.fast_rates(tr)
+        dead = x.dead.at[..., BLOOD].add(died / k_fast[0])
+        label_dead = x.label_dead.at[..., BLOOD].add(lost_l * tr.label_dead_share / k_fast[1])
         return Observed(
             viable,
             label_viable,
-            x.dead,
+            dead,
             x.dna_residual,
-            x.label_dead,
+            label_dead,
             x.label_residual,
             x.engulfed,
             x.label_engulfed,
