@@ -150,7 +150,9 @@ class EvidenceLikelihood:
         self.table = table.reset_index(drop=True)
         # Prior draws with fast rates make the system stiff for an explicit solver: a
         # generous step budget keeps the likelihood finite there (100 of 100 draws).
-        self.solver = SolverConfig(rtol=1e-7, atol=1e-12, max_steps=100_000) if solver is None else solver
+        # rtol 1e-6: the log-likelihood at the defaults moves by 3e-5 from rtol 1e-7 (the
+        # smallest error SD of a row is ~0.1 on the log scale) for 30% fewer steps.
+        self.solver = SolverConfig(rtol=1e-6, atol=1e-11, max_steps=100_000) if solver is None else solver
         self.scenarios, of_row = scenarios_of(self.table)
         self._of_row = of_row
         #: Studies in the order of :class:`~mscpk.evidence.scenarios.StudyEffects` entries.
