@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ._validation import check_positive
+from .calibration.defaults import default_kinetic, posterior_kinetic
 from .dosing.regimen import Regimen
 from .host.host import Host
 from .mechanisms.switches import Mechanisms
 from .model.model import Model
 from .model.parameters import KineticParameters
+from .observation.assays import DEFAULT_ASSAYS
 from .physiology.species import Species
 from .physiology.species import species as make_species
 from .product.cell_product import CellProduct, cell_product
-from .results import SimulationResult
+from .results import BAND_QUANTILES, SimulationResult
 from .solve.segments import SolverConfig, solve
 
 
@@ -24,6 +27,20 @@ class SolveError(RuntimeError):
 
 
 _solve_jit = eqx.filter_jit(solve)
+
+
+@eqx.filter_jit
+def _posterior_observations(model, stacked, table, times, t_end_h, solver):
+    """Observations of every posterior draw, and whether all solves succeeded."""
+
+    def one(p):
+        m = eqx.tree_at(lambda q: q.parameters, model, p)
+        sol = solve(m, table, times, t_end_h, solver)
+        observed = m.observe(sol.ys, sol.blood_input)
+        return {a.quantity: a(observed) for a in DEFAULT_ASSAYS}, sol.success
+
+    obs, ok = jax.vmap(one)(stacked)
+    return {k: jnp.quantile(v, jnp.asarray(BAND_QUANTILES), axis=0) for k, v in obs.items()}, jnp.all(ok)
 
 
 def default_times(t_end_h: float, n: int = 241) -> np.ndarray:
@@ -38,8 +55,10 @@ def build_model(
 ) -> Model:
     """Assemble a :class:`~mscpk.model.Model` from names or objects.
 
-    ``parameters`` may be ``None`` (shipped defaults), a
-    :class:`~mscpk.model.KineticParameters`, or a dict of changes to the defaults.
+    ``parameters`` may be ``None`` (the defaults: the shipped posterior median where a
+    posterior is shipped, see :mod:`mscpk.calibration.defaults`), a
+    :class:`~mscpk.model.KineticParameters` (``KineticParameters.default()`` for the
+    uncalibrated literature defaults), or a dict of changes to the defaults.
     """
     if isinstance(species, str):
         species = make_species(species)
@@ -50,9 +69,9 @@ def build_model(
     elif not isinstance(product, CellProduct):
         raise TypeError(f"product: expected a preset name or a CellProduct, got {type(product).__name__}")
     if parameters is None:
-        parameters = KineticParameters.default()
+        parameters = default_kinetic()
     elif isinstance(parameters, dict):
-        parameters = KineticParameters.default().replace(**parameters)
+        parameters = default_kinetic().replace(**parameters)
     elif not isinstance(parameters, KineticParameters):
         raise TypeError(
             f"parameters: expected None, a dict or KineticParameters, got {type(parameters).__name__}"
@@ -83,6 +102,7 @@ def simulate(
     n_size_classes: int = 5,
     mechanisms: Mechanisms | None = None,
     host: Host | None = None,
+    posterior: bool | int = False,
 ) -> SimulationResult:
     """Simulate a cell product given to a species and return a :class:`SimulationResult`.
 
@@ -101,6 +121,11 @@ def simulate(
     - ``n_size_classes``: diameter classes resolving the product's size distribution.
     - ``mechanisms``: :class:`~mscpk.Mechanisms` switches (default: all on).
     - ``host``: a :class:`~mscpk.Host` (default: immunocompetent, uninjured, 1 g).
+    - ``posterior``: ``True`` (every draw of the shipped posterior sample) or a number of
+      draws: also simulate those parameter sets and put the pointwise 5%, 50% and 95%
+      quantiles of every observation in :attr:`SimulationResult.bands` (a 90% band).
+      The main result stays the simulation at the posterior median. Needs a shipped
+      posterior and ``parameters=None``.
 
     Raises ``ValueError``/``TypeError`` on bad input and :class:`SolveError` if a solve fails.
     """
@@ -124,6 +149,14 @@ def simulate(
         raise TypeError(f"regimen: expected a Regimen, got {type(regimen).__name__}")
     regimen.check_horizon(t_end_h)
     times = default_times(t_end_h) if times_h is None else _check_times(times_h, t_end_h)
+    if isinstance(posterior, bool):
+        n_draws = None if posterior else 0
+    elif isinstance(posterior, int | np.integer) and posterior >= 1:
+        n_draws = int(posterior)
+    else:
+        raise ValueError(f"posterior: expected True/False or a number of draws >= 1, got {posterior!r}")
+    if n_draws != 0 and parameters is not None:
+        raise ValueError("posterior: bands use the shipped posterior's parameter sets; give parameters=None")
     model = build_model(species, product, parameters, n_size_classes, mechanisms, host)
     solver = SolverConfig() if solver is None else solver
     # t_end_h is passed as an array so that a new end time does not recompile.
@@ -133,6 +166,15 @@ def simulate(
             f"the ODE solve failed (solver={solver.solver}, rtol={solver.rtol}, max_steps={solver.max_steps}); "
             "try a larger max_steps or the kvaerno5 solver"
         )
+    bands = None
+    if n_draws != 0:
+        stacked = posterior_kinetic(n_draws)  # raises if no posterior is shipped
+        bands, ok = _posterior_observations(
+            model, stacked, regimen.table(), jnp.asarray(times), jnp.asarray(t_end_h), solver
+        )
+        if not bool(ok):
+            raise SolveError("the ODE solve failed for a posterior draw; try a larger max_steps")
+        bands = {k: np.asarray(v) for k, v in bands.items()}
     return SimulationResult(
         model=model,
         regimen=regimen,
@@ -141,6 +183,7 @@ def simulate(
         blood_input=np.asarray(sol.blood_input),
         t_end_h=t_end_h,
         n_steps=int(sol.n_steps),
+        bands=bands,
     )
 
 

@@ -205,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML file with any of these options (command-line options given explicitly win), for reproducible runs",
     )
     sim.add_argument("--out", required=True, help="path of the tidy CSV to write")
+    sim.add_argument(
+        "--posterior",
+        type=_positive_int("--posterior"),
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="N",
+        help="also simulate N draws of the shipped posterior (default: all) and report 90%% bands "
+        "(CSV columns lower_90, median_draws, upper_90)",
+    )
     sim.add_argument("--plot", default=None, help="optional path of a PNG figure of viable cells per organ")
     sim.add_argument(
         "--organs",
@@ -510,7 +520,10 @@ def cmd_simulate(args) -> int:
     organs = [o.strip() for o in args.organs.split(",") if o.strip()]
     if args.route == "ia" and args.target and IA_TARGETS[args.target] not in organs:
         organs.insert(1, IA_TARGETS[args.target])  # show the target bed
-    result = simulate(args.species, _product(args), regimen, t_end_h=args.hours, host=_host(args))
+    posterior = False if args.posterior is None else (True if args.posterior == 0 else args.posterior)
+    result = simulate(
+        args.species, _product(args), regimen, t_end_h=args.hours, host=_host(args), posterior=posterior
+    )
     result.to_csv(args.out)
     table = result.summary(SUMMARY_TIMES_H, organs=organs)
     print(
@@ -523,6 +536,18 @@ def cmd_simulate(args) -> int:
     il10_peak = result.observations["il10"][:, 0].max()
     print("viable cells, % of total dose:")
     print(table.to_string(float_format=lambda v: f"{v:9.3f}"))
+    if result.bands is not None:
+        import numpy as np
+
+        from .observation.assays import OUTPUT_ORGANS
+
+        whole = result.bands["viable_cells"][:, :, OUTPUT_ORGANS.index("whole_body")]
+        print("whole-body viable cells, % of total dose, median [90% posterior band]:")
+        for t in SUMMARY_TIMES_H:
+            if t <= args.hours:
+                i = int(np.argmin(np.abs(result.times_h - t)))
+                lo, mid, hi = 100.0 * whole[:, i] / regimen.total_cells
+                print(f"  {t:g} h: {mid:.3g} [{lo:.3g}, {hi:.3g}]")
     balance = result.mass_balance()
     print(f"peak plasma TAT {tat_peak:.3g} ng/mL, peak IL-10 {il10_peak:.3g} pg/mL (above baseline)")
     host = result.model.host

@@ -31,7 +31,9 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
 
     import mscpk
+    from mscpk.calibration.defaults import source
 
+    print(f"parameters: {source()}")
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     for ax, (label, species, cells, infusion_h) in zip(axes, SCENARIOS, strict=True):
         start = time.perf_counter()

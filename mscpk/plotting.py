@@ -32,7 +32,10 @@ def plot_time_course(result, path=None, quantity="viable_cells", organs=None, ax
         y = values[:, OUTPUT_ORGANS.index(organ)]
         if np.any(y > 0):
             floor = np.min(y[y > 0]) if floor is None else min(floor, np.min(y[y > 0]))
-        ax.plot(t, y, label=organ)
+        (line,) = ax.plot(t, y, label=organ)
+        if result.bands is not None:  # 90% posterior band
+            band = result.bands[quantity][:, :, OUTPUT_ORGANS.index(organ)]
+            ax.fill_between(t, band[0], band[2], color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_yscale("log")
     top = float(np.max(values[:, [OUTPUT_ORGANS.index(o) for o in organs]]))
     if top > 0:

@@ -21,6 +21,9 @@ from .model.model import Model
 from .observation.assays import DEFAULT_ASSAYS, OUTPUT_ORGANS
 
 TIDY_COLUMNS = ("time_h", "organ", "quantity", "value", "unit")
+#: Quantiles of :attr:`SimulationResult.bands` (a 90% band and its median).
+BAND_QUANTILES = (0.05, 0.5, 0.95)
+BAND_COLUMNS = ("lower_90", "median_draws", "upper_90")
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,6 +37,9 @@ class SimulationResult:
     blood_input: np.ndarray
     t_end_h: float
     n_steps: int
+    #: ``{quantity: array (3, T, K)}``: pointwise 5%, 50% and 95% quantiles over posterior
+    #: draws (``simulate(..., posterior=True)``), else ``None``.
+    bands: dict[str, np.ndarray] | None = None
 
     @cached_property
     def observations(self) -> dict[str, np.ndarray]:
@@ -56,23 +62,27 @@ class SimulationResult:
         )
 
     def to_dataframe(self) -> pd.DataFrame:
-        """Tidy long table with columns ``time_h, organ, quantity, value, unit``."""
+        """Tidy long table with columns ``time_h, organ, quantity, value, unit``; with
+        posterior :attr:`bands`, also ``lower_90, median_draws, upper_90``."""
         frames = []
         n_t = len(self.times_h)
         for quantity, values in self.observations.items():
             organs = self.organs_of(quantity)
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "time_h": np.repeat(self.times_h, len(organs)),
-                        "organ": np.tile(organs, n_t),
-                        "quantity": quantity,
-                        "value": values.reshape(-1),
-                        "unit": self.units[quantity],
-                    }
-                )
+            frame = pd.DataFrame(
+                {
+                    "time_h": np.repeat(self.times_h, len(organs)),
+                    "organ": np.tile(organs, n_t),
+                    "quantity": quantity,
+                    "value": values.reshape(-1),
+                    "unit": self.units[quantity],
+                }
             )
-        return pd.concat(frames, ignore_index=True)[list(TIDY_COLUMNS)]
+            if self.bands is not None:
+                for column, band in zip(BAND_COLUMNS, self.bands[quantity], strict=True):
+                    frame[column] = band.reshape(-1)
+            frames.append(frame)
+        columns = list(TIDY_COLUMNS) + (list(BAND_COLUMNS) if self.bands is not None else [])
+        return pd.concat(frames, ignore_index=True)[columns]
 
     def to_csv(self, path) -> None:
         self.to_dataframe().to_csv(path, index=False)

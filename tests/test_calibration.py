@@ -198,3 +198,59 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     assert main(["fit", "--out", str(out), "--study", "nobody2020"]) == 2
     assert "--study: unknown ['nobody2020']" in capsys.readouterr().err
     assert main(["posterior", "summary", "--file", str(tmp_path / "missing.nc")]) == 2
+
+
+def _fake_posterior(n=12, seed=0):
+    """A small posterior sample in the shipped format (not a fit: for the plumbing)."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "chain": np.zeros(n, int),
+            "draw": np.arange(n),
+            "death_rate_scale": np.exp(rng.normal(np.log(2.0), 0.3, n)),
+            "critical_diameter_ratio": np.exp(rng.normal(np.log(1.2), 0.1, n)),
+            "label_leak_in111": np.exp(rng.normal(np.log(0.01), 0.2, n)),
+            "sigma_pcr": np.exp(rng.normal(np.log(0.5), 0.1, n)),
+            "tau_lung": np.abs(rng.normal(0, 0.3, n)),  # not a registry entry: ignored
+        }
+    )
+
+
+def test_simulate_defaults_and_bands_come_from_the_posterior(monkeypatch):
+    from mscpk.calibration import defaults
+
+    draws = _fake_posterior()
+    monkeypatch.setattr(defaults, "_read_shipped", lambda: draws)
+    base = mscpk.KineticParameters.default()
+    k = mscpk.build_model("mouse").parameters
+    np.testing.assert_allclose(k.death_rate_per_h, base.death_rate_per_h * np.median(draws.death_rate_scale))
+    np.testing.assert_allclose(k.critical_diameter_ratio, np.median(draws.critical_diameter_ratio))
+    np.testing.assert_allclose(k.label_leak_rate_per_h, np.median(draws.label_leak_in111))
+    np.testing.assert_allclose(k.release_rate_per_h, base.release_rate_per_h)  # not calibrated
+    assert "posterior median" in defaults.source()
+
+    times = [0.0, 1.0, 6.0, 24.0]
+    r = mscpk.simulate("mouse", "bm_msc", cells=1e6, t_end_h=24.0, times_h=times, posterior=8)
+    plain = mscpk.simulate("mouse", "bm_msc", cells=1e6, t_end_h=24.0, times_h=times)
+    np.testing.assert_array_equal(r.states, plain.states)  # main result: the posterior median
+    band = r.bands["viable_cells"]
+    assert band.shape == (3, len(times), len(mscpk.OUTPUT_ORGANS))
+    assert np.all(band[0] <= band[1] + 1e-9) and np.all(band[1] <= band[2] + 1e-9)
+    whole = band[:, -1, mscpk.OUTPUT_ORGANS.index("whole_body")]
+    assert whole[2] > 1.05 * whole[0]  # the death-rate spread gives a real band
+    frame = r.to_dataframe()
+    assert list(frame.columns[-3:]) == ["lower_90", "median_draws", "upper_90"]
+    assert plain.bands is None and "lower_90" not in plain.to_dataframe()
+    with pytest.raises(ValueError, match="posterior"):
+        mscpk.simulate(
+            "mouse", cells=1e6, t_end_h=24.0, posterior=4, parameters={"blood_death_rate_per_h": 0.1}
+        )
+    with pytest.raises(ValueError, match="posterior"):
+        mscpk.simulate("mouse", cells=1e6, t_end_h=24.0, posterior=0)
+    with pytest.raises(ValueError, match="n: expected"):
+        defaults.posterior_kinetic(50)
+
+    monkeypatch.setattr(defaults, "_read_shipped", lambda: None)
+    assert mscpk.build_model("mouse").parameters.death_rate_per_h[0] == base.death_rate_per_h[0]
+    with pytest.raises(ValueError, match="no posterior is shipped"):
+        mscpk.simulate("mouse", cells=1e6, t_end_h=24.0, posterior=True)

@@ -16,29 +16,25 @@ shipped and :func:`shipped` returns ``None``.
 from __future__ import annotations
 
 import json
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .defaults import DATA_DIR, DRAWS_FILE, META_FILE, SUMMARY_FILE, shipped_draws
 from .fit import diagnostics, summary
 
-DRAWS_FILE = "posterior_draws.csv"
-SUMMARY_FILE = "posterior_summary.csv"
-META_FILE = "posterior_meta.json"
 #: Draws kept in the shipped sample.
 SHIPPED_DRAWS = 200
 
 
 def data_dir() -> Path:
-    return Path(str(files("mscpk.calibration") / "data"))
+    return DATA_DIR
 
 
 def shipped() -> pd.DataFrame | None:
     """The shipped thinned posterior sample, or ``None`` if none is shipped."""
-    path = data_dir() / DRAWS_FILE
-    return pd.read_csv(path) if path.exists() else None
+    return shipped_draws()
 
 
 def global_sites(idata) -> list[str]:
