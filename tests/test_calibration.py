@@ -216,7 +216,7 @@ def _fake_posterior(n=12, seed=0):
     )
 
 
-def test_simulate_defaults_and_bands_come_from_the_posterior(monkeypatch):
+def test_simulate_defaults_and_bands_come_from_the_posterior(monkeypatch, tmp_path, capsys):
     from mscpk.calibration import defaults
 
     draws = _fake_posterior()
@@ -249,6 +249,13 @@ def test_simulate_defaults_and_bands_come_from_the_posterior(monkeypatch):
         mscpk.simulate("mouse", cells=1e6, t_end_h=24.0, posterior=0)
     with pytest.raises(ValueError, match="n: expected"):
         defaults.posterior_kinetic(50)
+    from mscpk.cli import main
+
+    out = tmp_path / "bands.csv"
+    argv = ["simulate", "--cells", "1e6", "--hours", "24", "--out", str(out), "--posterior", "4"]
+    assert main(argv) == 0
+    assert "90% posterior band" in capsys.readouterr().out
+    assert {"lower_90", "median_draws", "upper_90"} <= set(pd.read_csv(out).columns)
 
     monkeypatch.setattr(defaults, "_read_shipped", lambda: None)
     assert mscpk.build_model("mouse").parameters.death_rate_per_h[0] == base.death_rate_per_h[0]
