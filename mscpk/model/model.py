@@ -259,8 +259,9 @@ class Model(eqx.Module):
     def vector_field(self, t, y: Float[Array, " n"], input_rate: Float[Array, " n"]) -> Float[Array, " n"]:
         """Right-hand side ``dy/dt`` (cells/h); ``input_rate`` is the infusion input.
 
-        This is the reference form, in which the fast pools (:meth:`fast_rates`) are
-        ordinary states; :func:`mscpk.solve.segments.solve` integrates them analytically.
+        This is the reference form, in which the dose-driven parts of the fast pools
+        (:meth:`fast_rates`) are ordinary states; :func:`mscpk.solve.segments.solve`
+        evaluates them in closed form instead. Both describe the same model.
         """
         del t
         return self.vector_field_from(self.transport(), y) + input_rate
