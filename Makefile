@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 export MPLBACKEND ?= Agg
 
-.PHONY: install demo test test-all lint clean
+.PHONY: install demo test test-all lint clean bench-gpu
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -n auto -m "slow or not slow"
+
+# Virtual-population benchmark on the first accelerator (1e6 subjects x 30 days); writes
+# benchmarks/results/gpu-<device>.json. Needs a CUDA build of jax in the environment.
+bench-gpu: $(STAMP)
+	$(PY) benchmarks/population.py --n 1 1000 100000 1000000 --chunk 250000
 
 lint: $(STAMP)
 	$(PY) -m ruff check mscpk tests

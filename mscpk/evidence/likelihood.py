@@ -152,7 +152,13 @@ class EvidenceLikelihood:
         # generous step budget keeps the likelihood finite there (100 of 100 draws).
         # rtol 1e-6: the log-likelihood at the defaults moves by 3e-5 from rtol 1e-7 (the
         # smallest error SD of a row is ~0.1 on the log scale) for 30% fewer steps.
-        self.solver = SolverConfig(rtol=1e-6, atol=1e-11, max_steps=100_000) if solver is None else solver
+        # 64 checkpoints: value+gradient of the calibration potential 0.30 -> 0.23 s (most
+        # solves take far fewer steps than the default's ~450 checkpoints).
+        self.solver = (
+            SolverConfig(rtol=1e-6, atol=1e-11, max_steps=100_000, checkpoints=64)
+            if solver is None
+            else solver
+        )
         self.scenarios, of_row = scenarios_of(self.table)
         self._of_row = of_row
         #: Studies in the order of :class:`~mscpk.evidence.scenarios.StudyEffects` entries.

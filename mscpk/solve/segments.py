@@ -17,8 +17,11 @@ segment, so their minute-scale turnover does not limit the step size over long h
 
 from __future__ import annotations
 
+import functools as ft
+
 import diffrax
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
@@ -28,6 +31,29 @@ from ..model.layout import fast_slots
 from ..model.model import Model
 
 SOLVERS = ("tsit5", "kvaerno5")
+ADJOINTS = ("reverse", "forward")
+
+
+class _ForwardMode(diffrax.AbstractAdjoint):
+    """Forward-mode differentiation of the solve (``jax.jvp``/``jax.jacfwd``): the
+    integration loop is a plain ``lax.while_loop``. This is diffrax's own ``ForwardMode``
+    (diffrax >= 0.7), whose ``loop`` is repeated here for diffrax 0.6.1, which lacks it.
+    Reverse mode through it is not supported."""
+
+    def loop(self, *, solver, throw, passed_solver_state, passed_controller_state, **kwargs):
+        del throw, passed_solver_state, passed_controller_state
+        if isinstance(solver, diffrax.AbstractRungeKutta) and solver.scan_kind is None:
+            solver = eqx.tree_at(lambda s: s.scan_kind, solver, "lax", is_leaf=lambda x: x is None)
+        return self._loop(
+            solver=solver,
+            inner_while_loop=ft.partial(eqxi.while_loop, kind="lax"),
+            outer_while_loop=ft.partial(eqxi.while_loop, kind="lax"),
+            **kwargs,
+        )
+
+
+#: diffrax's forward-mode adjoint where it has one, else the same loop for diffrax 0.6.
+ForwardMode = getattr(diffrax, "ForwardMode", _ForwardMode)
 
 
 def max_norm(tree) -> Float[Array, ""]:
@@ -48,12 +74,20 @@ class SolverConfig(eqx.Module):
     - ``rtol``: relative tolerance.
     - ``atol``: absolute tolerance as a fraction of the total administered dose.
     - ``max_steps``: step budget per segment; exceeding it is a failed solve.
+    - ``adjoint``: ``"reverse"`` (the default: ``jax.grad`` through
+      ``diffrax.RecursiveCheckpointAdjoint``) or ``"forward"`` (``jax.jvp``/``jax.jacfwd``
+      through :data:`ForwardMode`; ``jax.grad`` then fails).
+    - ``checkpoints``: checkpoints of the reverse mode (``None``: diffrax's default,
+      about ``sqrt(2 max_steps)``); fewer save memory traffic when most solves take far
+      fewer steps than ``max_steps``, at the cost of recomputing steps.
     """
 
     solver: str = eqx.field(static=True, default="tsit5")
     rtol: float = eqx.field(static=True, default=1e-8)
     atol: float = eqx.field(static=True, default=1e-13)
     max_steps: int = eqx.field(static=True, default=16384)
+    adjoint: str = eqx.field(static=True, default="reverse")
+    checkpoints: int | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if self.solver not in SOLVERS:
@@ -64,6 +98,23 @@ class SolverConfig(eqx.Module):
                 raise ValueError(f"SolverConfig.{name}: must be a float in (0, 1), got {value!r}")
         if not isinstance(self.max_steps, int) or self.max_steps < 1:
             raise ValueError(f"SolverConfig.max_steps: must be an int >= 1, got {self.max_steps!r}")
+        if self.adjoint not in ADJOINTS:
+            raise ValueError(f"SolverConfig.adjoint: {self.adjoint!r}; allowed: {', '.join(ADJOINTS)}")
+        if self.checkpoints is not None and (
+            isinstance(self.checkpoints, bool)
+            or not isinstance(self.checkpoints, int)
+            or self.checkpoints < 1
+        ):
+            raise ValueError(
+                f"SolverConfig.checkpoints: must be None or an int >= 1, got {self.checkpoints!r}"
+            )
+
+    def make_adjoint(self):
+        return (
+            ForwardMode()
+            if self.adjoint == "forward"
+            else diffrax.RecursiveCheckpointAdjoint(self.checkpoints)
+        )
 
     def make_solver(self):
         return diffrax.Kvaerno5() if self.solver == "kvaerno5" else diffrax.Tsit5()
@@ -163,6 +214,7 @@ def solve(
             stepsize_controller=controller,
             max_steps=config.max_steps,
             throw=False,
+            adjoint=config.make_adjoint(),
         )
         in_seg = (times_h >= t0) & ((times_h < t1) | (last[k] & (times_h <= t1)))
         out = out + jnp.where(in_seg[:, None], sol.ys[:-1], 0.0)

@@ -1,0 +1,51 @@
+"""What every benchmark result records: machine, versions, device, date."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import jax
+
+
+def environment() -> dict:
+    import mscpk
+
+    device = jax.devices()[0]
+    versions = {"python": platform.python_version(), "jax": jax.__version__, "mscpk": mscpk.__version__}
+    for name in ("jaxlib", "diffrax", "equinox", "numpyro"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+        },
+        "versions": versions,
+        "device": f"{device.platform}:{device.device_kind}",
+        "device_count": jax.device_count(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def device_tag() -> str:
+    """``cpu`` or the accelerator's kind in file-name form (e.g. ``nvidia-h100-80gb-hbm3``)."""
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return "cpu"
+    return "".join(c if c.isalnum() else "-" for c in device.device_kind.lower()).strip("-")
+
+
+def peak_memory_bytes() -> int | None:
+    """Peak bytes in use on the first device (accelerators) or the process's peak RSS (CPU)."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        return stats.get("peak_bytes_in_use")
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

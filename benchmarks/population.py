@@ -1,0 +1,108 @@
+"""Virtual-population throughput: N subjects x 30 days, in chunks.
+
+Run: ``python benchmarks/population.py [--n 1 100 10000 --chunk 4096 --days 30]``
+(``make bench-gpu`` runs it with 1,000,000 subjects on the first accelerator).
+
+Mouse, BM-MSC, 1e6 cells IV at time 0, daily outputs (viable cells in lung and whole
+body) over ``--days``, :class:`mscpk.population.Variability` defaults, the default
+:class:`mscpk.SolverConfig`. Each N is run once after a warm-up call that compiles the
+chunk (compile time reported apart). Writes ``benchmarks/results/gpu-<device>.json`` on
+an accelerator, ``population-cpu.json`` on the CPU, with machine, versions and device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import device_tag, environment, peak_memory_bytes  # noqa: E402
+
+import mscpk  # noqa: E402
+from mscpk.population import simulate_population  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, nargs="+", default=[1, 100, 10_000])
+    parser.add_argument("--chunk", type=int, default=4096)
+    parser.add_argument("--days", type=float, default=30.0)
+    parser.add_argument("--rtol", type=float, default=None, help="default: SolverConfig's")
+    parser.add_argument(
+        "--atol", type=float, default=None, help="fraction of the dose; default: SolverConfig's"
+    )
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    model = mscpk.build_model("mouse", "bm_msc")
+    regimen = mscpk.Regimen.bolus(1e6)
+    t_end = 24.0 * args.days
+    times = np.arange(0.0, t_end + 1e-9, 24.0)
+    key = jax.random.PRNGKey(0)
+    base = mscpk.SolverConfig()
+    solver = mscpk.SolverConfig(
+        rtol=args.rtol if args.rtol else base.rtol, atol=args.atol if args.atol else base.atol
+    )
+    runs = []
+    compiled = set()
+    for n in args.n:
+        chunk = min(args.chunk, n)
+        compile_s = None
+        if chunk not in compiled:  # warm-up: compiles the chunk function for this size
+            t0 = time.perf_counter()
+            simulate_population(
+                model, regimen, times, t_end, chunk, jax.random.PRNGKey(1), chunk_size=chunk, solver=solver
+            )
+            compile_s = time.perf_counter() - t0
+            compiled.add(chunk)
+        t0 = time.perf_counter()
+        result = simulate_population(model, regimen, times, t_end, n, key, chunk_size=chunk, solver=solver)
+        wall = time.perf_counter() - t0
+        lung = result.quantiles((0.05, 0.5, 0.95))[("viable_cells", "lung")]
+        runs.append(
+            {
+                "subjects": n,
+                "chunk": chunk,
+                "wall_s": wall,
+                "subjects_per_s": n / wall,
+                "first_call_with_compile_s": compile_s,
+                "mean_steps": float(result.n_steps.mean()),
+                "all_solved": bool(result.success.all()),
+                "lung_viable_day1_p05_p50_p95": lung[:, 1].tolist() if lung.shape[1] > 1 else None,
+                "peak_memory_bytes": peak_memory_bytes(),
+            }
+        )
+        r = runs[-1]
+        print(
+            f"N={n:>9,d} chunk={chunk:>7,d} wall {wall:9.3f} s  {r['subjects_per_s']:12.1f} subjects/s  "
+            f"steps {r['mean_steps']:.0f}  compile {compile_s if compile_s is not None else float('nan'):.1f} s",
+            flush=True,
+        )
+    out = {
+        "benchmark": f"virtual population, mouse BM-MSC 1e6 IV, {args.days:g} days, daily outputs",
+        "solver": {"solver": solver.solver, "rtol": solver.rtol, "atol_fraction_of_dose": solver.atol},
+        "runs": runs,
+        **environment(),
+    }
+    tag = device_tag()
+    path = (
+        Path(args.out)
+        if args.out
+        else Path(__file__).parent
+        / "results"
+        / ("population-cpu.json" if tag == "cpu" else f"gpu-{tag}.json")
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

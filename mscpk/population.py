@@ -1,0 +1,291 @@
+"""Virtual populations: subjects drawn from a key, simulated in chunks with bounded memory.
+
+A virtual subject is the reference :class:`~mscpk.Model` with its physiology, its dose of
+the cell product and a few kinetic rates redrawn (:class:`Variability`):
+
+- **physiology, correlated through body weight**: body weight is log-normal around the
+  species' reference; organ volumes and blood volume scale in proportion to it and cardiac
+  output to the 3/4 power (the allometric exponent of flows that goes with the -1/4 of
+  rate constants, West et al. 1997, see :func:`mscpk.physiology.species.allometric_factor`),
+  each with its own residual log-normal scatter; arterial supply fractions, capillary
+  diameters and haematocrit stay at the reference. Rate constants follow body weight
+  through the model's own allometric scaling.
+- **product (lot to lot)**: mean cell diameter log-normal; viability and tissue-factor
+  positive fraction logit-normal.
+- **kinetics**: multiplicative log-normal scatter on the death rates of arrested cells and
+  on their release rates (per subject, the same factor for every organ).
+
+Subject ``i`` is drawn from ``jax.random.fold_in(key, i)``, so a population does not
+depend on the chunk size: the same key gives the same subjects, bit for bit, however the
+population is split. :func:`simulate_population` compiles one chunk (vmapped solves) and
+keeps only the requested output series per subject, so memory is bounded by the chunk
+size plus ``N x T`` per output.
+
+Every default spread in :class:`Variability` is an **assumption** (no cited population
+data in the literature file yet): it is labelled so in its docstring with its reasoning;
+give your own for a study.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .model.model import Model
+from .observation.assays import DEFAULT_ASSAYS
+from .solve.segments import SolverConfig, solve
+
+_ASSAY = {a.quantity: a for a in DEFAULT_ASSAYS}
+#: Allometric exponent of cardiac output (flows scale as BW^(3/4); West et al. 1997,
+#: Science 276:122, doi:10.1126/science.276.5309.122 - the -1/4 of rate constants times BW).
+CARDIAC_OUTPUT_EXPONENT = 0.75
+
+
+class Variability(eqx.Module):
+    """Between-subject spreads (all static numbers >= 0; 0 switches a source off).
+
+    Log-normal spreads are given as coefficients of variation (``cv``: the SD of the log
+    is ``sqrt(log(1 + cv^2))``); logit-normal ones as the SD on the logit scale.
+
+    Defaults, **all assumptions** (reasoning, not data):
+
+    - ``body_weight_cv`` 0.2: adult body weight within a sex and strain or population
+      commonly spans about +-20% (1 SD) in virtual-population PBPK work.
+    - ``organ_volume_cv`` 0.1, ``blood_volume_cv`` 0.1, ``cardiac_output_cv`` 0.15:
+      residual scatter after body-weight scaling, smaller than that of body weight.
+    - ``diameter_cv`` 0.05: lot-to-lot change of the mean diameter of one cell type.
+    - ``viability_logit_sd`` 0.3, ``tf_logit_sd`` 0.5: lot-to-lot release-test scatter
+      (viability 0.9 spans about 0.87-0.92 at 1 SD; tissue factor varies more by donor).
+    - ``death_rate_cv`` 0.3, ``release_rate_cv`` 0.3: subject-to-subject difference in
+      how fast arrested cells die and are released; the data that calibrate these rates
+      (:mod:`mscpk.calibration`) spread at least this much between studies.
+    """
+
+    body_weight_cv: float = eqx.field(static=True, default=0.2)
+    organ_volume_cv: float = eqx.field(static=True, default=0.1)
+    blood_volume_cv: float = eqx.field(static=True, default=0.1)
+    cardiac_output_cv: float = eqx.field(static=True, default=0.15)
+    diameter_cv: float = eqx.field(static=True, default=0.05)
+    viability_logit_sd: float = eqx.field(static=True, default=0.3)
+    tf_logit_sd: float = eqx.field(static=True, default=0.5)
+    death_rate_cv: float = eqx.field(static=True, default=0.3)
+    release_rate_cv: float = eqx.field(static=True, default=0.3)
+
+    def __check_init__(self):
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise TypeError(f"Variability.{name}: expected a finite number, got {value!r}")
+            if value < 0:
+                raise ValueError(f"Variability.{name}: must be >= 0, got {value!r}")
+
+
+def _log_sd(cv: float) -> float:
+    return math.sqrt(math.log1p(cv * cv))
+
+
+def _lognormal(key, cv: float, shape=()):
+    """Median-1 log-normal factor with coefficient of variation ``cv``."""
+    return jnp.exp(_log_sd(cv) * jax.random.normal(key, shape))
+
+
+def _logit_shift(key, p, sd: float):
+    p = jnp.clip(p, 1e-9, 1.0 - 1e-9)
+    return jax.nn.sigmoid(jnp.log(p) - jnp.log1p(-p) + sd * jax.random.normal(key))
+
+
+def subject(model: Model, key, variability: Variability | None = None) -> Model:
+    """One virtual subject: ``model`` with physiology, product and rates redrawn from
+    ``key`` (see the module docstring; ``variability`` default :class:`Variability`).
+    Traceable: vmap it over keys."""
+    v = Variability() if variability is None else variability
+    ks = jax.random.split(key, 9)
+    sp, pr, kp = model.species, model.product, model.parameters
+    bw_factor = _lognormal(ks[0], v.body_weight_cv)
+    n_organs = sp.organ_volume_ml.shape[0]
+    species = eqx.tree_at(
+        lambda s: (s.body_weight_g, s.organ_volume_ml, s.blood_volume_ml, s.cardiac_output_ml_per_h),
+        sp,
+        (
+            sp.body_weight_g * bw_factor,
+            sp.organ_volume_ml * bw_factor * _lognormal(ks[1], v.organ_volume_cv, (n_organs,)),
+            sp.blood_volume_ml * bw_factor * _lognormal(ks[2], v.blood_volume_cv),
+            sp.cardiac_output_ml_per_h
+            * bw_factor**CARDIAC_OUTPUT_EXPONENT
+            * _lognormal(ks[3], v.cardiac_output_cv),
+        ),
+    )
+    product = eqx.tree_at(
+        lambda p: (p.diameter_mean_um, p.viability, p.tf_positive_fraction),
+        pr,
+        (
+            pr.diameter_mean_um * _lognormal(ks[4], v.diameter_cv),
+            _logit_shift(ks[5], pr.viability, v.viability_logit_sd),
+            jnp.where(
+                pr.tf_positive_fraction > 0, _logit_shift(ks[6], pr.tf_positive_fraction, v.tf_logit_sd), 0.0
+            ),
+        ),
+    )
+    parameters = eqx.tree_at(
+        lambda p: (p.death_rate_per_h, p.release_rate_per_h),
+        kp,
+        (
+            kp.death_rate_per_h * _lognormal(ks[7], v.death_rate_cv),
+            kp.release_rate_per_h * _lognormal(ks[8], v.release_rate_cv),
+        ),
+    )
+    return eqx.tree_at(lambda m: (m.species, m.product, m.parameters), model, (species, product, parameters))
+
+
+def subject_keys(key, start: int, stop: int):
+    """Keys of subjects ``start .. stop-1`` (``fold_in(key, i)``: independent of chunking)."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(start, stop, dtype=jnp.uint32))
+
+
+def _check_outputs(outputs) -> tuple[tuple[str, str], ...]:
+    if isinstance(outputs, tuple) and len(outputs) == 2 and all(isinstance(o, str) for o in outputs):
+        outputs = (outputs,)
+    checked = []
+    for item in outputs:
+        if not (isinstance(item, tuple | list) and len(item) == 2):
+            raise TypeError(f"outputs: expected (quantity, organ) pairs, got {item!r}")
+        quantity, organ = item
+        if quantity not in _ASSAY:
+            raise ValueError(f"outputs: unknown quantity {quantity!r}; allowed: {', '.join(_ASSAY)}")
+        organs = _ASSAY[quantity].organs
+        if organ not in organs:
+            raise ValueError(f"outputs: {quantity!r} has no output {organ!r}; allowed: {', '.join(organs)}")
+        checked.append((quantity, organ))
+    if not checked:
+        raise ValueError("outputs: give at least one (quantity, organ) pair")
+    return tuple(checked)
+
+
+@dataclass
+class PopulationResult:
+    """Per-subject output series of a virtual population.
+
+    ``values[(quantity, organ)]`` is an (N, T) array at ``times_h``; ``success`` (N,) is
+    whether each subject's solve succeeded (failed subjects' rows are NaN, never zeros);
+    ``n_steps`` (N,) solver steps per subject.
+    """
+
+    times_h: np.ndarray
+    values: dict
+    success: np.ndarray
+    n_steps: np.ndarray
+    seconds: float = 0.0
+    chunk_size: int = 0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.success.shape[0])
+
+    def quantiles(self, q=(0.05, 0.5, 0.95)) -> dict:
+        """``{(quantity, organ): array (len(q), T)}`` over the subjects that solved."""
+        ok = self.success
+        return {k: np.quantile(v[ok], np.asarray(q), axis=0) for k, v in self.values.items()}
+
+
+@eqx.filter_jit
+def _chunk(model, variability, table, times, t_end_h, solver, keys, columns):
+    def one(k):
+        m = subject(model, k, variability)
+        sol = solve(m, table, times, t_end_h, solver)
+        observed = m.observe(sol.ys, sol.blood_input)
+        series = [_ASSAY[q](observed)[:, j] for q, j in columns]
+        return jnp.stack(series), sol.success, sol.n_steps
+
+    return jax.vmap(one)(keys)
+
+
+def simulate_population(
+    model: Model,
+    regimen,
+    times_h,
+    t_end_h: float,
+    n: int,
+    key,
+    *,
+    variability: Variability | None = None,
+    outputs=(("viable_cells", "lung"), ("viable_cells", "whole_body")),
+    chunk_size: int = 4096,
+    solver: SolverConfig | None = None,
+    on_failure: str = "raise",
+) -> PopulationResult:
+    """Simulate ``n`` virtual subjects of ``model`` given ``regimen``.
+
+    - ``times_h``: output times (h) in ``[0, t_end_h]``.
+    - ``outputs``: (quantity, organ) pairs kept per subject (:data:`mscpk.QUANTITIES`,
+      :data:`mscpk.OUTPUT_ORGANS`).
+    - ``chunk_size``: subjects solved per compiled, vmapped call; memory scales with it.
+      The last chunk is filled up with further subjects of the same key (solved, then
+      dropped), so one compilation serves every chunk.
+    - ``on_failure``: ``"raise"`` (:class:`mscpk.SolveError` naming the failed subjects)
+      or ``"mask"`` (their rows become NaN and ``success`` is False).
+    """
+    from .api import SolveError
+    from .dosing.regimen import Regimen
+
+    if not isinstance(model, Model):
+        raise TypeError(f"model: expected a Model, got {type(model).__name__}")
+    if not isinstance(regimen, Regimen):
+        raise TypeError(f"regimen: expected a Regimen, got {type(regimen).__name__}")
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"n: expected an integer >= 1, got {n!r}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected an integer >= 1, got {chunk_size!r}")
+    if on_failure not in ("raise", "mask"):
+        raise ValueError(f"on_failure: {on_failure!r}; allowed: raise, mask")
+    variability = Variability() if variability is None else variability
+    if not isinstance(variability, Variability):
+        raise TypeError(f"variability: expected a Variability, got {type(variability).__name__}")
+    if not (isinstance(t_end_h, int | float | np.floating | np.integer) and t_end_h > 0):
+        raise ValueError(f"t_end_h: expected hours > 0, got {t_end_h!r}")
+    times = np.asarray(times_h, dtype=float)
+    if times.ndim != 1 or times.size == 0 or np.any(times < 0) or np.any(times > t_end_h):
+        raise ValueError(f"times_h: expected a non-empty 1-D array of hours in [0, {t_end_h:g}]")
+    regimen.check_horizon(float(t_end_h))
+    outputs = _check_outputs(outputs)
+    columns = tuple((q, _ASSAY[q].organs.index(o)) for q, o in outputs)
+    solver = SolverConfig() if solver is None else solver
+    chunk = int(min(chunk_size, n))
+    table = regimen.table()
+    t_jax, t_end = jnp.asarray(times), jnp.asarray(float(t_end_h))
+    values = np.empty((len(outputs), n, times.size))
+    success = np.empty(n, dtype=bool)
+    steps = np.empty(n, dtype=np.int64)
+    t0 = time.perf_counter()
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        keys = subject_keys(key, start, start + chunk)
+        series, ok, ns = _chunk(model, variability, table, t_jax, t_end, solver, keys, columns)
+        m = stop - start
+        values[:, start:stop] = np.moveaxis(np.asarray(series[:m]), 1, 0)
+        success[start:stop] = np.asarray(ok[:m])
+        steps[start:stop] = np.asarray(ns[:m])
+    seconds = time.perf_counter() - t0
+    if not success.all():
+        failed = np.flatnonzero(~success)
+        if on_failure == "raise":
+            raise SolveError(
+                f"the ODE solve failed for {failed.size} of {n} subjects (first: {failed[:10].tolist()}); "
+                "use on_failure='mask' to keep the others, or a larger max_steps"
+            )
+        values[:, failed] = np.nan
+    return PopulationResult(
+        times_h=times,
+        values={o: values[i] for i, o in enumerate(outputs)},
+        success=success,
+        n_steps=steps,
+        seconds=seconds,
+        chunk_size=chunk,
+        meta={"n": n, "variability": variability, "outputs": outputs, "t_end_h": float(t_end_h)},
+    )

@@ -1,0 +1,158 @@
+"""Virtual populations: reproducible from a key, correlated physiology, chunking, failures."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mscpk
+from mscpk.population import (
+    CARDIAC_OUTPUT_EXPONENT,
+    Variability,
+    simulate_population,
+    subject,
+    subject_keys,
+)
+
+TIMES = np.array([0.0, 1.0, 24.0, 48.0])
+OUTPUTS = (("viable_cells", "lung"), ("donor_dna", "whole_body"))
+
+
+@pytest.fixture(scope="module")
+def population(mouse_model):
+    return simulate_population(
+        mouse_model,
+        mscpk.Regimen.bolus(1e6),
+        TIMES,
+        48.0,
+        24,
+        jax.random.PRNGKey(7),
+        outputs=OUTPUTS,
+        chunk_size=10,
+    )
+
+
+def test_same_key_same_population_whatever_the_chunking(mouse_model, population):
+    again = simulate_population(
+        mouse_model,
+        mscpk.Regimen.bolus(1e6),
+        TIMES,
+        48.0,
+        24,
+        jax.random.PRNGKey(7),
+        outputs=OUTPUTS,
+        chunk_size=24,
+    )
+    for k in OUTPUTS:
+        assert population.values[k].shape == (24, TIMES.size)
+        # Subject i is drawn from fold_in(key, i): the chunk size does not change who is drawn;
+        # the solves agree to round-off (vmapped batches of different widths).
+        np.testing.assert_allclose(again.values[k], population.values[k], rtol=1e-9, atol=1e-6)
+    assert population.success.all() and population.n == 24
+    other = simulate_population(
+        mouse_model,
+        mscpk.Regimen.bolus(1e6),
+        TIMES,
+        48.0,
+        24,
+        jax.random.PRNGKey(8),
+        outputs=OUTPUTS,
+        chunk_size=24,
+    )
+    assert not np.allclose(other.values[OUTPUTS[0]][:, 2], population.values[OUTPUTS[0]][:, 2])
+    # Subjects really differ (day-1 lung cells spread by more than 10%).
+    day1 = population.values[OUTPUTS[0]][:, 2]
+    assert np.std(day1) / np.mean(day1) > 0.1
+    q = population.quantiles((0.05, 0.5, 0.95))[OUTPUTS[0]]
+    assert q.shape == (3, TIMES.size) and np.all(q[0] <= q[1]) and np.all(q[1] <= q[2])
+
+
+def test_subject_draws_are_bit_identical_for_the_same_key(mouse_model):
+    keys = subject_keys(jax.random.PRNGKey(3), 0, 5)
+    a = jax.vmap(lambda k: subject(mouse_model, k).species.body_weight_g)(keys)
+    b = jax.vmap(lambda k: subject(mouse_model, k).species.body_weight_g)(
+        subject_keys(jax.random.PRNGKey(3), 2, 5)
+    )
+    assert np.array_equal(np.asarray(a[2:]), np.asarray(b))
+
+
+def test_no_variability_gives_the_reference_subject(mouse_model, solve_jit):
+    zero = Variability(**{name: 0.0 for name in Variability.__dataclass_fields__})
+    table = mscpk.Regimen.bolus(1e6).table()
+    result = simulate_population(
+        mouse_model,
+        mscpk.Regimen.bolus(1e6),
+        TIMES,
+        48.0,
+        3,
+        jax.random.PRNGKey(0),
+        variability=zero,
+        outputs=OUTPUTS,
+    )
+    sol = solve_jit(mouse_model, table, jnp.asarray(TIMES), jnp.asarray(48.0))
+    from mscpk.observation.assays import OUTPUT_ORGANS, ViableCells
+
+    lung = np.asarray(ViableCells()(mouse_model.observe(sol.ys, sol.blood_input)))[
+        :, OUTPUT_ORGANS.index("lung")
+    ]
+    for i in range(3):
+        np.testing.assert_allclose(result.values[OUTPUTS[0]][i], lung, rtol=1e-9, atol=1e-6)
+
+
+def test_physiology_scales_with_body_weight(mouse_model):
+    keys = subject_keys(jax.random.PRNGKey(11), 0, 4000)
+    sp = jax.vmap(lambda k: subject(mouse_model, k).species)(keys)
+    ref = mouse_model.species
+    log_bw = np.log(np.asarray(sp.body_weight_g) / float(ref.body_weight_g))
+    log_co = np.log(np.asarray(sp.cardiac_output_ml_per_h) / float(ref.cardiac_output_ml_per_h))
+    log_liver = np.log(np.asarray(sp.organ_volume_ml[:, 3]) / float(ref.organ_volume_ml[3]))
+    # Body weight: median the reference, CV as stated.
+    v = Variability()
+    assert abs(np.median(log_bw)) < 0.02
+    assert np.std(log_bw) == pytest.approx(np.sqrt(np.log1p(v.body_weight_cv**2)), rel=0.05)
+    # Cardiac output follows BW^(3/4), organ volumes BW^1 (least-squares slopes).
+    assert np.polyfit(log_bw, log_co, 1)[0] == pytest.approx(CARDIAC_OUTPUT_EXPONENT, abs=0.05)
+    assert np.polyfit(log_bw, log_liver, 1)[0] == pytest.approx(1.0, abs=0.05)
+    # Supply fractions are untouched (they still sum to 1).
+    np.testing.assert_allclose(np.asarray(sp.arterial_supply_fraction).sum(-1), 1.0, rtol=1e-12)
+
+
+def test_failed_subjects_raise_or_are_masked(mouse_model):
+    tight = mscpk.SolverConfig(max_steps=5)
+    args = (mouse_model, mscpk.Regimen.bolus(1e6), TIMES, 48.0, 4, jax.random.PRNGKey(0))
+    with pytest.raises(mscpk.SolveError, match="failed for 4 of 4 subjects"):
+        simulate_population(*args, solver=tight, outputs=OUTPUTS)
+    masked = simulate_population(*args, solver=tight, outputs=OUTPUTS, on_failure="mask")
+    assert not masked.success.any() and np.isnan(masked.values[OUTPUTS[0]]).all()
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"n": 0}, "n: expected an integer >= 1"),
+        ({"chunk_size": 0}, "chunk_size: expected an integer >= 1"),
+        ({"outputs": (("viable", "lung"),)}, "outputs: unknown quantity 'viable'"),
+        ({"outputs": (("viable_cells", "brainstem"),)}, "outputs: 'viable_cells' has no output 'brainstem'"),
+        ({"on_failure": "ignore"}, "on_failure: 'ignore'"),
+        ({"times_h": [0.0, 99.0]}, "times_h: expected a non-empty 1-D array of hours in"),
+    ],
+)
+def test_bad_input_is_named(mouse_model, change, match):
+    kwargs = dict(
+        model=mouse_model,
+        regimen=mscpk.Regimen.bolus(1e6),
+        times_h=TIMES,
+        t_end_h=48.0,
+        n=2,
+        key=jax.random.PRNGKey(0),
+    )
+    kwargs.update(change)
+    with pytest.raises(ValueError, match=match):
+        simulate_population(**kwargs)
+
+
+def test_variability_validation():
+    with pytest.raises(ValueError, match="Variability.death_rate_cv: must be >= 0"):
+        Variability(death_rate_cv=-0.1)
+    with pytest.raises(TypeError, match="Variability.body_weight_cv: expected a finite number"):
+        Variability(body_weight_cv="big")
