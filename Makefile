@@ -19,16 +19,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m mscpk.demo --out demo_output
 
+# worksteal: idle workers take queued tests from busy ones (the suite has a few long tests).
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto --dist worksteal
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -n auto -m "slow or not slow"
+	$(PY) -m pytest -q -n auto --dist worksteal -m "slow or not slow"
 
 # Virtual-population benchmark on the first accelerator (1e6 subjects x 30 days); writes
-# benchmarks/results/gpu-<device>.json. Needs a CUDA build of jax in the environment.
+# benchmarks/results/gpu-<device>.json. The pinned .venv has the CPU build of jax: point
+# BENCH_PY at a Python whose jax sees the GPU (e.g. make bench-gpu BENCH_PY=python3).
+BENCH_PY ?= $(PY)
 bench-gpu: $(STAMP)
-	$(PY) benchmarks/population.py --n 1 1000 100000 1000000 --chunk 250000
+	PYTHONPATH=$(CURDIR) $(BENCH_PY) benchmarks/population.py --n 1 1000 100000 1000000 --chunk 250000
 
 lint: $(STAMP)
 	$(PY) -m ruff check mscpk tests
