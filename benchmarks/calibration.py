@@ -1,6 +1,7 @@
 """Re-run the literature calibration end to end and record how long it took.
 
-Run: ``python benchmarks/calibration.py [--chains 4 --warmup 500 --draws 1000] [--export DIR]``
+Run: ``python benchmarks/calibration.py [--chains 4 --warmup 500 --draws 1000] [--export DIR]
+[--state-dir DIR --hours H]`` (a resumable run: the same command continues it)
 
 It gives JAX one CPU host device per chain (so NumPyro runs the chains in parallel; the
 flag must be set before JAX starts), runs ``mscpk fit`` (MAP from several starts, then
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,6 +32,9 @@ def main(argv=None):
     parser.add_argument("--no-hierarchy", action="store_true")
     parser.add_argument("--out", default="posterior.nc")
     parser.add_argument("--export", default=None)
+    parser.add_argument("--state-dir", default=None, help="resumable run saved here (see mscpk fit)")
+    parser.add_argument("--hours", type=float, default=None, help="with --state-dir: stop after this long")
+    parser.add_argument("--chunk", type=int, default=100, help="with --state-dir: draws per saved piece")
     args = parser.parse_args(argv)
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
@@ -42,7 +45,6 @@ def main(argv=None):
     jax.config.update("jax_enable_x64", True)
     import arviz as az
 
-    import mscpk
     from mscpk.calibration.fit import diagnostics
     from mscpk.calibration.posterior import global_sites
     from mscpk.cli import main as cli
@@ -70,14 +72,21 @@ def main(argv=None):
         cmd += ["--no-hierarchy"]
     if args.export:
         cmd += ["--export", args.export]
+    if args.state_dir:
+        cmd += ["--state-dir", args.state_dir, "--chunk", str(args.chunk)]
+        if args.hours:
+            cmd += ["--hours", str(args.hours)]
     t0 = time.perf_counter()
     rc = cli(cmd)
     wall = time.perf_counter() - t0
     if rc != 0:
         return rc
+    if not Path(args.out).exists():  # a resumable run stopped by --hours: nothing to report yet
+        return 0
     idata = az.from_netcdf(args.out)
     d = diagnostics(idata, global_sites(idata))
-    import numpyro
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _common import environment
 
     device = jax.devices()[0]
     result = {
@@ -92,19 +101,7 @@ def main(argv=None):
         "diagnostics": d,
         "nuts_s_per_ess": float(idata.posterior.attrs.get("seconds", float("nan")))
         / max(d["min_ess_bulk"], 1e-9),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": os.cpu_count(),
-        },
-        "versions": {
-            "python": sys.version.split()[0],
-            "mscpk": mscpk.__version__,
-            "jax": jax.__version__,
-            "numpyro": numpyro.__version__,
-        },
-        "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
-        "date": time.strftime("%Y-%m-%d"),
+        **environment(),
     }
     out = Path(__file__).parent / "results" / f"calibration-{device.platform}.json"
     out.parent.mkdir(exist_ok=True)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import sys
 import time
 from pathlib import Path
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import environment  # noqa: E402
 
 import mscpk  # noqa: E402
 from mscpk.evidence.likelihood import EvidenceLikelihood  # noqa: E402
@@ -57,20 +59,7 @@ def main(argv=None):
         "grad_over_value": t_g / t_v,
         "compile_and_first_value_s": first_v,
         "compile_and_first_value_and_grad_s": first_g,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": os.cpu_count(),
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "jax": jax.__version__,
-            "diffrax": __import__("diffrax").__version__,
-            "equinox": __import__("equinox").__version__,
-            "mscpk": mscpk.__version__,
-        },
-        "device": f"{device.platform}:{device.device_kind}",
-        "date": time.strftime("%Y-%m-%d"),
+        **environment(),
     }
     for key in (
         "value_s",

@@ -287,6 +287,23 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--max-tree-depth", type=_positive_int("--max-tree-depth"), default=8)
     fit.add_argument("--export", default=None, help="directory to write shipped-defaults files into")
     fit.add_argument(
+        "--state-dir",
+        default=None,
+        help="save the run here as it goes (MAP, warm-up, draws in pieces); the same command continues it",
+    )
+    fit.add_argument(
+        "--hours",
+        type=float,
+        default=None,
+        help="with --state-dir: stop after this many hours (continue later)",
+    )
+    fit.add_argument(
+        "--chunk",
+        type=_positive_int("--chunk"),
+        default=100,
+        help="with --state-dir: draws per chain per saved piece (default: 100)",
+    )
+    fit.add_argument(
         "--ppc-draws",
         type=_positive_int("--ppc-draws"),
         default=200,
@@ -321,6 +338,10 @@ def cmd_fit(args) -> int:
     from .evidence import load
     from .evidence.likelihood import EvidenceLikelihood
 
+    if args.hours is not None and not args.state_dir:
+        raise ValueError("--hours: only with --state-dir (a stopped run must be saved to continue)")
+    if args.hours is not None and not args.hours > 0:
+        raise ValueError(f"--hours: must be > 0, got {args.hours}")
     table = load()
     if args.study:
         unknown = sorted(set(args.study) - set(table.study_id))
@@ -333,18 +354,38 @@ def cmd_fit(args) -> int:
         f"{len(problem.parameter_names)} calibrated parameters: {', '.join(problem.parameter_names)}"
     )
     key_map, key_nuts = jax.random.split(jax.random.PRNGKey(args.seed))
-    best = calfit.find_map(problem, key_map, args.map_restarts, args.map_steps, progress=True)
+    best = _map_estimate(problem, key_map, args)
     print(f"MAP: log density {best.log_density:.3f} ({best.seconds:.0f} s; restarts {best.restarts})")
-    idata = calfit.run_nuts(
-        problem,
-        key_nuts,
-        args.chains,
-        args.warmup,
-        args.draws,
-        init=best.values,
-        max_tree_depth=args.max_tree_depth,
-        progress=True,
-    )
+    if args.state_dir:
+        idata = calfit.run_nuts_resumable(
+            problem,
+            key_nuts,
+            args.state_dir,
+            args.chains,
+            args.warmup,
+            args.draws,
+            chunk=args.chunk,
+            init=best.values,
+            max_tree_depth=args.max_tree_depth,
+            hours=args.hours,
+            progress=True,
+        )
+        if idata is None:
+            print(
+                f"stopped after --hours {args.hours:g}; run the same command again to continue ({args.state_dir})"
+            )
+            return 0
+    else:
+        idata = calfit.run_nuts(
+            problem,
+            key_nuts,
+            args.chains,
+            args.warmup,
+            args.draws,
+            init=best.values,
+            max_tree_depth=args.max_tree_depth,
+            progress=True,
+        )
     idata.posterior.attrs["map_seconds"] = best.seconds
     idata.to_netcdf(args.out)
     print(fit_report(idata, problem))
@@ -367,6 +408,25 @@ def cmd_fit(args) -> int:
         for path in export(idata, problem, args.export):
             print(f"wrote {path}")
     return 0
+
+
+def _map_estimate(problem, key, args):
+    """MAP from several starts; with --state-dir it is saved there and reused on continuing."""
+    import pickle
+    from pathlib import Path
+
+    from .calibration import fit as calfit
+
+    saved = Path(args.state_dir) / "map.pkl" if args.state_dir else None
+    if saved is not None and saved.exists():
+        with open(saved, "rb") as f:
+            return pickle.load(f)
+    best = calfit.find_map(problem, key, args.map_restarts, args.map_steps, progress=True)
+    if saved is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        with open(saved, "wb") as f:
+            pickle.dump(best, f)
+    return best
 
 
 def cmd_posterior(args) -> int:

@@ -188,6 +188,8 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     assert "critical_diameter_ratio" in capsys.readouterr().out
     assert main(["fit", "--out", str(out), "--study", "nobody2020"]) == 2
     assert "--study: unknown ['nobody2020']" in capsys.readouterr().err
+    assert main(["fit", "--out", str(out), "--study", "toma2009", "--no-hierarchy", "--hours", "1"]) == 2
+    assert "--hours: only with --state-dir" in capsys.readouterr().err
     assert main(["posterior", "summary", "--file", str(tmp_path / "missing.nc")]) == 2
 
 
@@ -252,3 +254,27 @@ def test_simulate_defaults_and_bands_come_from_the_posterior(monkeypatch, tmp_pa
     assert mscpk.build_model("mouse").parameters.death_rate_per_h[0] == base.death_rate_per_h[0]
     with pytest.raises(ValueError, match="no posterior is shipped"):
         mscpk.simulate("mouse", cells=1e6, t_end_h=24.0, posterior=True)
+
+
+def test_resumable_nuts_continues_where_it_stopped(reduced, tmp_path):
+    """Warm-up saved, draws in pieces: a run stopped by ``hours`` and continued, or
+    extended to more draws, keeps the draws it had; other settings are refused."""
+    args = dict(chains=1, warmup=30, chunk=10, max_tree_depth=4, progress=False)
+    key = jax.random.PRNGKey(5)
+    # Stopped at once after the warm-up: nothing drawn yet.
+    assert calfit.run_nuts_resumable(reduced, key, tmp_path, draws=20, hours=1e-9, **args) is None
+    assert (tmp_path / "warmup.pkl").exists() and not list(tmp_path.glob("draws_*.pkl"))
+    first = calfit.run_nuts_resumable(reduced, key, tmp_path, draws=20, **args)
+    assert len(list(tmp_path.glob("draws_*.pkl"))) == 2
+    names = list(reduced.parameter_names)
+    assert dict(first.posterior.sizes)["draw"] == 20 and set(names) <= set(first.posterior.data_vars)
+    longer = calfit.run_nuts_resumable(reduced, key, tmp_path, draws=25, **args)
+    assert dict(longer.posterior.sizes)["draw"] == 25 and len(list(tmp_path.glob("draws_*.pkl"))) == 3
+    for n in names:
+        a, b = np.asarray(first.posterior[n]), np.asarray(longer.posterior[n])
+        np.testing.assert_array_equal(b[:, :20], a)
+        assert np.unique(b).size > 10  # the chain moves
+    assert {"diverging", "n_steps", "lp"} <= set(longer.sample_stats.data_vars)
+    assert longer.posterior.attrs["pieces"] == 3
+    with pytest.raises(ValueError, match="holds a run with other settings \\(max_tree_depth\\)"):
+        calfit.run_nuts_resumable(reduced, key, tmp_path, draws=25, **{**args, "max_tree_depth": 5})

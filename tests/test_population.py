@@ -18,47 +18,34 @@ TIMES = np.array([0.0, 1.0, 24.0, 48.0])
 OUTPUTS = (("viable_cells", "lung"), ("donor_dna", "whole_body"))
 
 
-@pytest.fixture(scope="module")
-def population(mouse_model):
+def run(model, seed, chunk_size):
+    """24 subjects given one 1e6-cell IV bolus, over 48 h."""
     return simulate_population(
-        mouse_model,
+        model,
         mscpk.Regimen.bolus(1e6),
         TIMES,
         48.0,
         24,
-        jax.random.PRNGKey(7),
+        jax.random.PRNGKey(seed),
         outputs=OUTPUTS,
-        chunk_size=10,
+        chunk_size=chunk_size,
     )
+
+
+@pytest.fixture(scope="module")
+def population(mouse_model):
+    return run(mouse_model, 7, 10)
 
 
 def test_same_key_same_population_whatever_the_chunking(mouse_model, population):
-    again = simulate_population(
-        mouse_model,
-        mscpk.Regimen.bolus(1e6),
-        TIMES,
-        48.0,
-        24,
-        jax.random.PRNGKey(7),
-        outputs=OUTPUTS,
-        chunk_size=24,
-    )
+    again = run(mouse_model, 7, 24)
     for k in OUTPUTS:
         assert population.values[k].shape == (24, TIMES.size)
         # Subject i is drawn from fold_in(key, i): the chunk size does not change who is drawn;
         # the solves agree to round-off (vmapped batches of different widths).
         np.testing.assert_allclose(again.values[k], population.values[k], rtol=1e-9, atol=1e-6)
     assert population.success.all() and population.n == 24
-    other = simulate_population(
-        mouse_model,
-        mscpk.Regimen.bolus(1e6),
-        TIMES,
-        48.0,
-        24,
-        jax.random.PRNGKey(8),
-        outputs=OUTPUTS,
-        chunk_size=24,
-    )
+    other = run(mouse_model, 8, 24)
     assert not np.allclose(other.values[OUTPUTS[0]][:, 2], population.values[OUTPUTS[0]][:, 2])
     # Subjects really differ (day-1 lung cells spread by more than 10%).
     day1 = population.values[OUTPUTS[0]][:, 2]

@@ -10,8 +10,11 @@ prior draw far away.
 from __future__ import annotations
 
 import datetime
+import os
+import pickle
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import arviz as az
 import jax
@@ -113,6 +116,37 @@ def default_chain_method(chains: int) -> str:
     return "parallel" if chains > 1 and jax.local_device_count() >= chains else "sequential"
 
 
+#: Per-draw statistics collected from NUTS besides the draws.
+EXTRA_FIELDS = ("diverging", "num_steps", "potential_energy")
+
+
+def _chain_method(chains: int, chain_method: str | None) -> str:
+    method = default_chain_method(chains) if chain_method is None else chain_method
+    if method not in ("parallel", "sequential", "vectorized"):
+        raise ValueError(f"chain_method: {method!r}; allowed: parallel, sequential, vectorized")
+    return method
+
+
+def _check_nuts_args(problem, chains, warmup, draws, max_tree_depth, target_accept):
+    if not isinstance(problem, CalibrationProblem):
+        raise TypeError(f"problem: expected a CalibrationProblem, got {type(problem).__name__}")
+    _check_int("chains", chains, 1)
+    _check_int("warmup", warmup, 1)
+    _check_int("draws", draws, 1)
+    _check_int("max_tree_depth", max_tree_depth, 1)
+    if not 0 < target_accept < 1:
+        raise ValueError(f"target_accept: must be in (0, 1), got {target_accept!r}")
+
+
+def _kernel(problem, start: dict, max_tree_depth: int, target_accept: float) -> NUTS:
+    return NUTS(
+        problem.model,
+        init_strategy=init_to_value(values=start),
+        max_tree_depth=max_tree_depth,
+        target_accept_prob=target_accept,
+    )
+
+
 def run_nuts(
     problem: CalibrationProblem,
     key,
@@ -131,26 +165,11 @@ def run_nuts(
     ``init``: constrained starting values (e.g. :attr:`MapResult.values`); default the
     prior median. ``chain_method``: NumPyro's; default :func:`default_chain_method`.
     """
-    if not isinstance(problem, CalibrationProblem):
-        raise TypeError(f"problem: expected a CalibrationProblem, got {type(problem).__name__}")
-    _check_int("chains", chains, 1)
-    _check_int("warmup", warmup, 1)
-    _check_int("draws", draws, 1)
-    _check_int("max_tree_depth", max_tree_depth, 1)
-    if not 0 < target_accept < 1:
-        raise ValueError(f"target_accept: must be in (0, 1), got {target_accept!r}")
-    method = default_chain_method(chains) if chain_method is None else chain_method
-    if method not in ("parallel", "sequential", "vectorized"):
-        raise ValueError(f"chain_method: {method!r}; allowed: parallel, sequential, vectorized")
+    _check_nuts_args(problem, chains, warmup, draws, max_tree_depth, target_accept)
+    method = _chain_method(chains, chain_method)
     start = problem.prior_median() if init is None else {k: jnp.asarray(v) for k, v in init.items()}
-    kernel = NUTS(
-        problem.model,
-        init_strategy=init_to_value(values=start),
-        max_tree_depth=max_tree_depth,
-        target_accept_prob=target_accept,
-    )
     mcmc = MCMC(
-        kernel,
+        _kernel(problem, start, max_tree_depth, target_accept),
         num_warmup=warmup,
         num_samples=draws,
         num_chains=chains,
@@ -158,19 +177,28 @@ def run_nuts(
         progress_bar=progress,
     )
     t0 = time.perf_counter()
-    mcmc.run(key, extra_fields=("diverging", "num_steps", "potential_energy"))
+    mcmc.run(key, extra_fields=EXTRA_FIELDS)
     seconds = time.perf_counter() - t0
     return to_inference_data(mcmc, problem, seconds=seconds, chain_method=method, warmup=warmup)
 
 
 def to_inference_data(mcmc: MCMC, problem: CalibrationProblem, **attrs) -> az.InferenceData:
     """``InferenceData`` of a finished run with study coordinates and run attributes."""
-    import mscpk
-
-    dims = {f"z_{e}": ["study"] for e in EFFECTS} if problem.hierarchical else {}
-    idata = az.from_numpyro(mcmc, log_likelihood=False, coords={"study": list(problem.study_ids)}, dims=dims)
+    idata = az.from_numpyro(
+        mcmc, log_likelihood=False, coords={"study": list(problem.study_ids)}, dims=_dims(problem)
+    )
     n_steps = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["num_steps"])
     idata.sample_stats["n_steps"] = (("chain", "draw"), n_steps)
+    return _with_attrs(idata, problem, attrs)
+
+
+def _dims(problem: CalibrationProblem) -> dict:
+    return {f"z_{e}": ["study"] for e in EFFECTS} if problem.hierarchical else {}
+
+
+def _with_attrs(idata: az.InferenceData, problem: CalibrationProblem, attrs: dict) -> az.InferenceData:
+    import mscpk
+
     from ..evidence import version as evidence_version
 
     idata.posterior.attrs.update(
@@ -187,6 +215,162 @@ def to_inference_data(mcmc: MCMC, problem: CalibrationProblem, **attrs) -> az.In
         }
     )
     return idata
+
+
+# ---------------------------------------------------------------------- resumable runs
+def _save(path: Path, obj) -> None:
+    """Pickle ``obj`` to ``path`` atomically (a stopped process leaves the old file)."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def _load(path: Path):
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def _run_config(problem, chains, warmup, max_tree_depth, target_accept, key) -> dict:
+    return {
+        "chains": chains,
+        "warmup": warmup,
+        "max_tree_depth": max_tree_depth,
+        "target_accept": target_accept,
+        "calibrated": list(problem.parameter_names),
+        "hierarchical": problem.hierarchical,
+        "studies": list(problem.study_ids),
+        "evidence_rows": int(len(problem.likelihood.table)),
+        "key": np.asarray(
+            jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+        ).tolist(),
+    }
+
+
+def run_nuts_resumable(
+    problem: CalibrationProblem,
+    key,
+    directory,
+    chains: int = 4,
+    warmup: int = 500,
+    draws: int = 1000,
+    chunk: int = 100,
+    init: dict | None = None,
+    chain_method: str | None = None,
+    max_tree_depth: int = 8,
+    target_accept: float = 0.8,
+    hours: float | None = None,
+    progress: bool = True,
+) -> az.InferenceData | None:
+    """NUTS as :func:`run_nuts`, but saved to ``directory`` as it goes, so that a run
+    longer than one process can live (hours on a 2-core CPU) is continued by calling
+    again with the same arguments.
+
+    The warm-up runs in one piece and its final state (positions, step size, mass matrix)
+    is saved; the draws are then taken in pieces of ``chunk`` iterations from the saved
+    state of the previous piece (NumPyro's ``post_warmup_state``), each piece saved on
+    completion. A stopped process loses at most the piece it was in. ``hours``: stop
+    after the first piece that ends past this wall time (and return ``None``); ``draws``
+    may be raised on a later call to extend the run. The run's settings are checked
+    against the saved ones (a mismatch is a ``ValueError``). Returns the
+    ``InferenceData`` of all ``draws`` once they are collected.
+    """
+    _check_nuts_args(problem, chains, warmup, draws, max_tree_depth, target_accept)
+    _check_int("chunk", chunk, 1)
+    if hours is not None and not hours > 0:
+        raise ValueError(f"hours: must be > 0, got {hours!r}")
+    method = _chain_method(chains, chain_method)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = _run_config(problem, chains, warmup, max_tree_depth, target_accept, key)
+    config_file = directory / "config.pkl"
+    if config_file.exists():
+        saved = _load(config_file)
+        changed = sorted(k for k in config if saved.get(k) != config[k])
+        if changed:
+            raise ValueError(
+                f"directory: {directory} holds a run with other settings ({', '.join(changed)}); "
+                "use a new directory or the same settings"
+            )
+    else:
+        _save(config_file, config)
+    t_start = time.perf_counter()
+    start = problem.prior_median() if init is None else {k: jnp.asarray(v) for k, v in init.items()}
+
+    samplers: dict[int, MCMC] = {}
+
+    def sampler(n):  # one MCMC per piece length: its compiled sampler is reused
+        if n not in samplers:
+            samplers[n] = MCMC(
+                _kernel(problem, start, max_tree_depth, target_accept),
+                num_warmup=warmup,
+                num_samples=n,
+                num_chains=chains,
+                chain_method=method,
+                progress_bar=progress,
+            )
+        return samplers[n]
+
+    warm_file = directory / "warmup.pkl"
+    if not warm_file.exists():
+        mcmc = sampler(1)
+        t0 = time.perf_counter()
+        mcmc.warmup(jax.random.fold_in(key, 0), extra_fields=EXTRA_FIELDS, collect_warmup=False)
+        _save(
+            warm_file, {"state": jax.device_get(mcmc.post_warmup_state), "seconds": time.perf_counter() - t0}
+        )
+    pieces = sorted(directory.glob("draws_*.pkl"))
+    state = _load(pieces[-1])["state"] if pieces else _load(warm_file)["state"]
+    collected = sum(_load(p)["n"] for p in pieces)
+    while collected < draws:
+        if hours is not None and time.perf_counter() - t_start > 3600.0 * hours:
+            return None
+        n = min(chunk, draws - collected)
+        mcmc = sampler(n)
+        mcmc.post_warmup_state = state
+        t0 = time.perf_counter()
+        mcmc.run(jax.random.fold_in(key, len(pieces) + 1), extra_fields=EXTRA_FIELDS)
+        extra = mcmc.get_extra_fields(group_by_chain=True)
+        state = jax.device_get(mcmc.last_state)
+        piece = {
+            "n": n,
+            "samples": jax.device_get(mcmc.get_samples(group_by_chain=True)),
+            "extra": {k: np.asarray(v) for k, v in extra.items()},
+            "state": state,
+            "seconds": time.perf_counter() - t0,
+        }
+        path = directory / f"draws_{len(pieces):04d}.pkl"
+        _save(path, piece)
+        pieces.append(path)
+        collected += n
+    return _from_pieces(problem, directory, pieces, draws, method, warmup)
+
+
+def _from_pieces(
+    problem, directory: Path, pieces: list, draws: int, method: str, warmup: int
+) -> az.InferenceData:
+    """InferenceData of the first ``draws`` saved draws per chain."""
+    loaded = [_load(p) for p in pieces]
+
+    def cat(get):
+        return np.concatenate([get(x) for x in loaded], axis=1)[:, :draws]
+
+    posterior = {k: cat(lambda x, k=k: np.asarray(x["samples"][k])) for k in loaded[0]["samples"]}
+    stats = {
+        "diverging": cat(lambda x: x["extra"]["diverging"]),
+        "n_steps": cat(lambda x: x["extra"]["num_steps"]),
+        "lp": -cat(lambda x: x["extra"]["potential_energy"]),
+    }
+    idata = az.from_dict(
+        posterior=posterior,
+        sample_stats=stats,
+        coords={"study": list(problem.study_ids)},
+        dims=_dims(problem),
+    )
+    seconds = _load(directory / "warmup.pkl")["seconds"] + sum(x["seconds"] for x in loaded)
+    return _with_attrs(
+        idata, problem, {"seconds": seconds, "chain_method": method, "warmup": warmup, "pieces": len(loaded)}
+    )
 
 
 def summary(idata: az.InferenceData, var_names=None, hdi_prob: float = 0.9):
