@@ -35,6 +35,7 @@ def main(argv=None):
     parser.add_argument("--state-dir", default=None, help="resumable run saved here (see mscpk fit)")
     parser.add_argument("--hours", type=float, default=None, help="with --state-dir: stop after this long")
     parser.add_argument("--chunk", type=int, default=100, help="with --state-dir: draws per saved piece")
+    parser.add_argument("--warmup-chunk", type=int, default=None, help="with --state-dir: warm-up piece size")
     args = parser.parse_args(argv)
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
@@ -76,6 +77,8 @@ def main(argv=None):
         cmd += ["--state-dir", args.state_dir, "--chunk", str(args.chunk)]
         if args.hours:
             cmd += ["--hours", str(args.hours)]
+        if args.warmup_chunk:
+            cmd += ["--warmup-chunk", str(args.warmup_chunk)]
     t0 = time.perf_counter()
     rc = cli(cmd)
     wall = time.perf_counter() - t0

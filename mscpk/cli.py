@@ -304,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --state-dir: draws per chain per saved piece (default: 100)",
     )
     fit.add_argument(
+        "--warmup-chunk",
+        type=_positive_int("--warmup-chunk"),
+        default=None,
+        help="with --state-dir: warm-up in saved pieces of this many iterations (default: one piece)",
+    )
+    fit.add_argument(
         "--ppc-draws",
         type=_positive_int("--ppc-draws"),
         default=200,
@@ -368,6 +374,7 @@ def cmd_fit(args) -> int:
             init=best.values,
             max_tree_depth=args.max_tree_depth,
             hours=args.hours,
+            warmup_chunk=args.warmup_chunk,
             progress=True,
         )
         if idata is None:

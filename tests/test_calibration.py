@@ -257,13 +257,16 @@ def test_simulate_defaults_and_bands_come_from_the_posterior(monkeypatch, tmp_pa
 
 
 def test_resumable_nuts_continues_where_it_stopped(reduced, tmp_path):
-    """Warm-up saved, draws in pieces: a run stopped by ``hours`` and continued, or
-    extended to more draws, keeps the draws it had; other settings are refused."""
-    args = dict(chains=1, warmup=30, chunk=10, max_tree_depth=4, progress=False)
+    """Staged warm-up and draws saved in pieces: runs stopped by ``hours`` (each call runs
+    one piece, then stops) are continued by the next call, a finished run is extended to
+    more draws keeping the draws it had, and other settings are refused."""
+    args = dict(chains=1, warmup=30, warmup_chunk=15, chunk=10, max_tree_depth=4, progress=False)
     key = jax.random.PRNGKey(5)
-    # Stopped at once after the warm-up: nothing drawn yet.
-    assert calfit.run_nuts_resumable(reduced, key, tmp_path, draws=20, hours=1e-9, **args) is None
-    assert (tmp_path / "warmup.pkl").exists() and not list(tmp_path.glob("draws_*.pkl"))
+    stop = dict(hours=1e-9)  # over time after every piece
+    assert calfit.run_nuts_resumable(reduced, key, tmp_path, draws=20, **args, **stop) is None
+    assert [p.name for p in sorted(tmp_path.glob("*.pkl"))] == ["config.pkl", "warmup_0000.pkl"]
+    assert calfit.run_nuts_resumable(reduced, key, tmp_path, draws=20, **args, **stop) is None
+    assert (tmp_path / "warmup.pkl").exists() and len(list(tmp_path.glob("draws_*.pkl"))) == 1
     first = calfit.run_nuts_resumable(reduced, key, tmp_path, draws=20, **args)
     assert len(list(tmp_path.glob("draws_*.pkl"))) == 2
     names = list(reduced.parameter_names)

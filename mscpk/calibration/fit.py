@@ -138,13 +138,28 @@ def _check_nuts_args(problem, chains, warmup, draws, max_tree_depth, target_acce
         raise ValueError(f"target_accept: must be in (0, 1), got {target_accept!r}")
 
 
-def _kernel(problem, start: dict, max_tree_depth: int, target_accept: float) -> NUTS:
+def _kernel(problem, start: dict, max_tree_depth: int, target_accept: float, **adapted) -> NUTS:
     return NUTS(
         problem.model,
         init_strategy=init_to_value(values=start),
         max_tree_depth=max_tree_depth,
         target_accept_prob=target_accept,
+        **adapted,
     )
+
+
+def _adapted(state, chains: int) -> dict:
+    """Step size and (diagonal) inverse mass matrix adapted by an earlier warm-up piece, as
+    starting values of the next (geometric mean / mean over chains); ``{}`` for none."""
+    if state is None:
+        return {}
+    a = state.adapt_state
+    step = np.asarray(a.step_size)
+    imm = a.inverse_mass_matrix
+    if chains > 1:
+        step = np.exp(np.mean(np.log(step)))
+        imm = {k: np.asarray(v).mean(0) for k, v in imm.items()}
+    return {"step_size": float(step), "inverse_mass_matrix": {k: jnp.asarray(v) for k, v in imm.items()}}
 
 
 def run_nuts(
@@ -260,29 +275,37 @@ def run_nuts_resumable(
     max_tree_depth: int = 8,
     target_accept: float = 0.8,
     hours: float | None = None,
+    warmup_chunk: int | None = None,
     progress: bool = True,
 ) -> az.InferenceData | None:
     """NUTS as :func:`run_nuts`, but saved to ``directory`` as it goes, so that a run
     longer than one process can live (hours on a 2-core CPU) is continued by calling
     again with the same arguments.
 
-    The warm-up runs in one piece and its final state (positions, step size, mass matrix)
-    is saved; the draws are then taken in pieces of ``chunk`` iterations from the saved
+    The warm-up runs in one piece, or with ``warmup_chunk`` in pieces of that many
+    iterations, each saved and each starting from the positions, step size and (diagonal)
+    mass matrix its predecessor adapted (averaged over chains; every piece adapts anew
+    with NumPyro's windowed schedule, so it is a staged warm-up). Its final state is
+    saved; the draws are then taken in pieces of ``chunk`` iterations from the saved
     state of the previous piece (NumPyro's ``post_warmup_state``), each piece saved on
     completion. A stopped process loses at most the piece it was in. ``hours``: stop
-    after the first piece that ends past this wall time (and return ``None``); ``draws``
+    after the first piece that ends past this wall time (and return ``None``; every
+    call runs at least one piece); ``draws``
     may be raised on a later call to extend the run. The run's settings are checked
     against the saved ones (a mismatch is a ``ValueError``). Returns the
     ``InferenceData`` of all ``draws`` once they are collected.
     """
     _check_nuts_args(problem, chains, warmup, draws, max_tree_depth, target_accept)
     _check_int("chunk", chunk, 1)
+    if warmup_chunk is not None:
+        _check_int("warmup_chunk", warmup_chunk, 1)
     if hours is not None and not hours > 0:
         raise ValueError(f"hours: must be > 0, got {hours!r}")
     method = _chain_method(chains, chain_method)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = _run_config(problem, chains, warmup, max_tree_depth, target_accept, key)
+    config["warmup_chunk"] = warmup_chunk
     config_file = directory / "config.pkl"
     if config_file.exists():
         saved = _load(config_file)
@@ -295,6 +318,10 @@ def run_nuts_resumable(
     else:
         _save(config_file, config)
     t_start = time.perf_counter()
+
+    def over_time():
+        return hours is not None and time.perf_counter() - t_start > 3600.0 * hours
+
     start = problem.prior_median() if init is None else {k: jnp.asarray(v) for k, v in init.items()}
 
     samplers: dict[int, MCMC] = {}
@@ -313,18 +340,45 @@ def run_nuts_resumable(
 
     warm_file = directory / "warmup.pkl"
     if not warm_file.exists():
-        mcmc = sampler(1)
-        t0 = time.perf_counter()
-        mcmc.warmup(jax.random.fold_in(key, 0), extra_fields=EXTRA_FIELDS, collect_warmup=False)
-        _save(
-            warm_file, {"state": jax.device_get(mcmc.post_warmup_state), "seconds": time.perf_counter() - t0}
-        )
+        done = sorted(directory.glob("warmup_*.pkl"))
+        finished = sum(_load(p)["n"] for p in done)
+        while finished < warmup:
+            n = min(warmup if warmup_chunk is None else warmup_chunk, warmup - finished)
+            prev = _load(done[-1])["state"] if done else None
+            kernel = _kernel(problem, start, max_tree_depth, target_accept, **_adapted(prev, chains))
+            mcmc = MCMC(
+                kernel,
+                num_warmup=n,
+                num_samples=1,
+                num_chains=chains,
+                chain_method=method,
+                progress_bar=progress,
+            )
+            t0 = time.perf_counter()
+            mcmc.warmup(
+                jax.random.fold_in(key, 0) if not done else jax.random.fold_in(key, 10_000 + len(done)),
+                init_params=None if prev is None else prev.z,
+                collect_warmup=False,
+            )
+            path = directory / f"warmup_{len(done):04d}.pkl"
+            _save(
+                path,
+                {
+                    "state": jax.device_get(mcmc.post_warmup_state),
+                    "n": n,
+                    "seconds": time.perf_counter() - t0,
+                },
+            )
+            done.append(path)
+            finished += n
+            if finished < warmup and over_time():
+                return None
+        pieces_w = [_load(p) for p in done]
+        _save(warm_file, {"state": pieces_w[-1]["state"], "seconds": sum(x["seconds"] for x in pieces_w)})
     pieces = sorted(directory.glob("draws_*.pkl"))
     state = _load(pieces[-1])["state"] if pieces else _load(warm_file)["state"]
     collected = sum(_load(p)["n"] for p in pieces)
     while collected < draws:
-        if hours is not None and time.perf_counter() - t_start > 3600.0 * hours:
-            return None
         n = min(chunk, draws - collected)
         mcmc = sampler(n)
         mcmc.post_warmup_state = state
@@ -343,6 +397,8 @@ def run_nuts_resumable(
         _save(path, piece)
         pieces.append(path)
         collected += n
+        if collected < draws and over_time():
+            return None
     return _from_pieces(problem, directory, pieces, draws, method, warmup)
 
 
