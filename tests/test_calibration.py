@@ -279,5 +279,14 @@ def test_resumable_nuts_continues_where_it_stopped(reduced, tmp_path):
         assert np.unique(b).size > 10  # the chain moves
     assert {"diverging", "n_steps", "lp"} <= set(longer.sample_stats.data_vars)
     assert longer.posterior.attrs["pieces"] == 3
+    # The draws do not adapt: every piece keeps the warm-up's final step size and mass matrix.
+    import pickle
+
+    warm = pickle.loads((tmp_path / "warmup.pkl").read_bytes())["state"].adapt_state
+    for p in sorted(tmp_path.glob("draws_*.pkl")):
+        a = pickle.loads(p.read_bytes())["state"].adapt_state
+        assert np.array_equal(np.asarray(a.step_size), np.asarray(warm.step_size))
+        for k, v in a.inverse_mass_matrix.items():
+            assert np.array_equal(np.asarray(v), np.asarray(warm.inverse_mass_matrix[k]))
     with pytest.raises(ValueError, match="holds a run with other settings \\(max_tree_depth\\)"):
         calfit.run_nuts_resumable(reduced, key, tmp_path, draws=25, **{**args, "max_tree_depth": 5})

@@ -326,11 +326,15 @@ def run_nuts_resumable(
 
     samplers: dict[int, MCMC] = {}
 
-    def sampler(n):  # one MCMC per piece length: its compiled sampler is reused
+    def sampler(n, adapted_for):
+        # One MCMC per piece length (its compiled sampler is reused). ``adapted_for``: the
+        # warm-up length the saved state went through (its iteration counter): NumPyro
+        # adapts while the counter is below the kernel's num_warmup, so the draws' kernel
+        # must be given exactly that length, or draws would go on adapting.
         if n not in samplers:
             samplers[n] = MCMC(
                 _kernel(problem, start, max_tree_depth, target_accept),
-                num_warmup=warmup,
+                num_warmup=adapted_for,
                 num_samples=n,
                 num_chains=chains,
                 chain_method=method,
@@ -376,11 +380,13 @@ def run_nuts_resumable(
         pieces_w = [_load(p) for p in done]
         _save(warm_file, {"state": pieces_w[-1]["state"], "seconds": sum(x["seconds"] for x in pieces_w)})
     pieces = sorted(directory.glob("draws_*.pkl"))
-    state = _load(pieces[-1])["state"] if pieces else _load(warm_file)["state"]
+    warm_state = _load(warm_file)["state"]
+    adapted_for = int(np.max(np.asarray(warm_state.i)))
+    state = _load(pieces[-1])["state"] if pieces else warm_state
     collected = sum(_load(p)["n"] for p in pieces)
     while collected < draws:
         n = min(chunk, draws - collected)
-        mcmc = sampler(n)
+        mcmc = sampler(n, adapted_for)
         mcmc.post_warmup_state = state
         t0 = time.perf_counter()
         mcmc.run(jax.random.fold_in(key, len(pieces) + 1), extra_fields=EXTRA_FIELDS)
