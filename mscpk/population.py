@@ -194,8 +194,21 @@ class PopulationResult:
         return {k: np.quantile(v[ok], np.asarray(q), axis=0) for k, v in self.values.items()}
 
 
+def _shard_map(f, mesh):
+    """``shard_map`` of ``f`` over the mesh's ``subjects`` axis (``jax.shard_map`` where it
+    exists, else ``jax.experimental.shard_map``); replication checks off (the solves are
+    while loops, for which the old checker has no rule)."""
+    from jax.sharding import PartitionSpec as P
+
+    if hasattr(jax, "shard_map"):
+        return jax.shard_map(f, mesh=mesh, in_specs=P("subjects"), out_specs=P("subjects"), check_vma=False)
+    from jax.experimental.shard_map import shard_map
+
+    return shard_map(f, mesh=mesh, in_specs=P("subjects"), out_specs=P("subjects"), check_rep=False)
+
+
 @eqx.filter_jit
-def _chunk(model, variability, table, times, t_end_h, solver, keys, columns):
+def _chunk(model, variability, table, times, t_end_h, solver, keys, columns, mesh):
     def one(k):
         m = subject(model, k, variability)
         sol = solve(m, table, times, t_end_h, solver)
@@ -203,7 +216,18 @@ def _chunk(model, variability, table, times, t_end_h, solver, keys, columns):
         series = [_ASSAY[q](observed)[:, j] for q, j in columns]
         return jnp.stack(series), sol.success, sol.n_steps
 
-    return jax.vmap(one)(keys)
+    batch = jax.vmap(one)
+    return batch(keys) if mesh is None else _shard_map(batch, mesh)(keys)
+
+
+def _mesh(devices):
+    """A 1-D ``subjects`` mesh over ``devices`` (default: every local device); ``None`` for one."""
+    from jax.sharding import Mesh
+
+    devices = jax.local_devices() if devices is None else list(devices)
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise TypeError(f"devices: expected a non-empty sequence of jax devices, got {devices!r}")
+    return None if len(devices) == 1 else Mesh(np.array(devices), ("subjects",))
 
 
 def simulate_population(
@@ -219,6 +243,7 @@ def simulate_population(
     chunk_size: int = 4096,
     solver: SolverConfig | None = None,
     on_failure: str = "raise",
+    devices=None,
 ) -> PopulationResult:
     """Simulate ``n`` virtual subjects of ``model`` given ``regimen``.
 
@@ -230,6 +255,12 @@ def simulate_population(
       dropped), so one compilation serves every chunk.
     - ``on_failure``: ``"raise"`` (:class:`mscpk.SolveError` naming the failed subjects)
       or ``"mask"`` (their rows become NaN and ``success`` is False).
+    - ``devices``: devices to spread each chunk over (``shard_map`` of the vmapped solve
+      over a 1-D ``subjects`` mesh); default every local device. The chunk is rounded up
+      to a multiple of their number. Results do not depend on the number of devices.
+      On several hosts, start each process with ``jax.distributed.initialize()`` and give
+      each its share of subjects (e.g. ``key`` folded with ``jax.process_index()``, or
+      disjoint index ranges); every host then simulates over its own local devices.
     """
     from .api import SolveError
     from .dosing.regimen import Regimen
@@ -256,7 +287,9 @@ def simulate_population(
     outputs = _check_outputs(outputs)
     columns = tuple((q, _ASSAY[q].organs.index(o)) for q, o in outputs)
     solver = SolverConfig() if solver is None else solver
-    chunk = int(min(chunk_size, n))
+    mesh = _mesh(devices)
+    n_dev = 1 if mesh is None else mesh.size
+    chunk = -(-int(min(chunk_size, n)) // n_dev) * n_dev  # a multiple of the devices
     table = regimen.table()
     t_jax, t_end = jnp.asarray(times), jnp.asarray(float(t_end_h))
     values = np.empty((len(outputs), n, times.size))
@@ -266,7 +299,7 @@ def simulate_population(
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         keys = subject_keys(key, start, start + chunk)
-        series, ok, ns = _chunk(model, variability, table, t_jax, t_end, solver, keys, columns)
+        series, ok, ns = _chunk(model, variability, table, t_jax, t_end, solver, keys, columns, mesh)
         m = stop - start
         values[:, start:stop] = np.moveaxis(np.asarray(series[:m]), 1, 0)
         success[start:stop] = np.asarray(ok[:m])
@@ -287,5 +320,11 @@ def simulate_population(
         n_steps=steps,
         seconds=seconds,
         chunk_size=chunk,
-        meta={"n": n, "variability": variability, "outputs": outputs, "t_end_h": float(t_end_h)},
+        meta={
+            "n": n,
+            "variability": variability,
+            "outputs": outputs,
+            "t_end_h": float(t_end_h),
+            "devices": n_dev,
+        },
     )

@@ -143,3 +143,45 @@ def test_variability_validation():
         Variability(death_rate_cv=-0.1)
     with pytest.raises(TypeError, match="Variability.body_weight_cv: expected a finite number"):
         Variability(body_weight_cv="big")
+
+
+MULTI_DEVICE_SCRIPT = """
+import jax, numpy as np
+jax.config.update("jax_enable_x64", True)
+import mscpk
+from mscpk.population import simulate_population
+assert jax.local_device_count() == 4, jax.local_devices()
+model = mscpk.build_model("mouse", "bm_msc")
+args = (model, mscpk.Regimen.bolus(1e6), np.array([0.0, 1.0, 24.0, 48.0]), 48.0, 10, jax.random.PRNGKey(7))
+kw = dict(outputs=(("viable_cells", "lung"),), chunk_size=6)
+many = simulate_population(*args, **kw)  # all 4 devices: chunks of 8
+one = simulate_population(*args, devices=jax.local_devices()[:1], **kw)
+assert many.meta["devices"] == 4 and many.chunk_size == 8 and one.meta["devices"] == 1
+a, b = many.values[("viable_cells", "lung")], one.values[("viable_cells", "lung")]
+# Bit for bit on jax 0.4.31; newer XLA rounds batches of 2 and 8 differently (7e-15 seen).
+np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
+np.testing.assert_array_equal(many.n_steps, one.n_steps)
+print("OK", float(np.std(a[:, 2])))
+"""
+
+
+def test_four_host_devices_give_the_results_of_one():
+    """shard_map over 4 forced CPU host devices equals one device (a fresh process: the
+    device count is fixed when JAX starts)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(
+        [sys.executable, "-c", MULTI_DEVICE_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("OK") and float(done.stdout.split()[1]) > 0
+
+
+def test_devices_must_be_jax_devices(mouse_model):
+    with pytest.raises(TypeError, match="devices: expected a non-empty sequence of jax devices"):
+        simulate_population(
+            mouse_model, mscpk.Regimen.bolus(1e6), TIMES, 48.0, 2, jax.random.PRNGKey(0), devices=["cpu:0"]
+        )
