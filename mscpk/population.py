@@ -224,8 +224,13 @@ def _mesh(devices):
     """A 1-D ``subjects`` mesh over ``devices`` (default: every local device); ``None`` for one."""
     from jax.sharding import Mesh
 
-    devices = jax.local_devices() if devices is None else list(devices)
-    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+    if devices is None:
+        devices = jax.local_devices()
+    if (
+        not isinstance(devices, list | tuple)
+        or not devices
+        or not all(isinstance(d, jax.Device) for d in devices)
+    ):
         raise TypeError(f"devices: expected a non-empty sequence of jax devices, got {devices!r}")
     return None if len(devices) == 1 else Mesh(np.array(devices), ("subjects",))
 
