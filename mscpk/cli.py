@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--hours",
-        type=float,
+        type=_positive_float("--hours"),
         default=None,
         help="with --state-dir: stop after this many hours (continue later)",
     )
@@ -346,8 +346,6 @@ def cmd_fit(args) -> int:
 
     if args.hours is not None and not args.state_dir:
         raise ValueError("--hours: only with --state-dir (a stopped run must be saved to continue)")
-    if args.hours is not None and not args.hours > 0:
-        raise ValueError(f"--hours: must be > 0, got {args.hours}")
     table = load()
     if args.study:
         unknown = sorted(set(args.study) - set(table.study_id))
