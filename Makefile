@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 export MPLBACKEND ?= Agg
 
-.PHONY: install demo test test-all lint clean bench-gpu
+.PHONY: install demo test test-all lint clean bench bench-gpu
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,21 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist worksteal -m "slow or not slow"
 
+# Benchmark suite (not part of `make test`; ~45 min on 2 cores): SciPy comparison, scaling,
+# gradient, compile, expm and, under BENCH_OTHER_PY (default: a second venv with the newest
+# jax, created here), the cross-version key figures. Writes benchmarks/results/latest.json.
+# POSTERIOR=path.nc adds nuts_s_per_ess from a finished calibration.
+VENV_LATEST ?= .venv-jax-latest
+BENCH_OTHER_PY ?= $(VENV_LATEST)/bin/python
+$(VENV_LATEST)/.installed-stamp: pyproject.toml
+	test -x $(VENV_LATEST)/bin/python || $(PYTHON) -m venv $(VENV_LATEST)
+	$(VENV_LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_LATEST)/bin/python -m pip install --quiet --upgrade -e ".[dev]"
+	touch $@
+
+bench: $(STAMP) $(if $(filter $(VENV_LATEST)/bin/python,$(BENCH_OTHER_PY)),$(VENV_LATEST)/.installed-stamp)
+	PYTHONPATH=$(CURDIR) $(PY) benchmarks/suite.py --other-python $(BENCH_OTHER_PY) $(if $(POSTERIOR),--posterior $(POSTERIOR))
+
 # Virtual-population benchmark on the first accelerator (1e6 subjects x 30 days); writes
 # benchmarks/results/gpu-<device>.json. The pinned .venv has the CPU build of jax: point
 # BENCH_PY at a Python whose jax sees the GPU (e.g. make bench-gpu BENCH_PY=python3).
@@ -37,4 +52,4 @@ lint: $(STAMP)
 	$(PY) -m ruff check mscpk tests
 
 clean:
-	rm -rf $(VENV) .jax_cache demo_output .pytest_cache
+	rm -rf $(VENV) $(VENV_LATEST) .jax_cache demo_output .pytest_cache

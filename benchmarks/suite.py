@@ -1,0 +1,425 @@
+"""``make bench``: the benchmark suite. Prints a table and writes
+``benchmarks/results/latest.json`` with machine, versions and device.
+
+Keys (each measured in this one run; ratios side by side):
+
+- ``speedup_vs_scipy_lsoda`` (and ``_rk45``): per-subject throughput of
+  :func:`mscpk.population.simulate_population` at ``--subjects`` (10,000) over SciPy
+  ``solve_ivp`` on the same equations in NumPy (``scipy_reference.py``), same subjects,
+  tolerances and daily outputs, SciPy timed on a subsample (``--scipy-subjects``).
+- ``scaling``: wall time and peak memory for 1, 100, 10,000, 100,000 subjects, each N in
+  a fresh process (``population.py``) so that its peak memory is its own.
+- ``grad_over_value``: value + gradient over value of the calibration potential (the
+  whole evidence likelihood plus priors, 48 unconstrained coordinates), reverse mode
+  (``jax.value_and_grad``) and forward mode (``jax.jacfwd`` with
+  ``SolverConfig(adjoint="forward")``).
+- ``compile_cold_s`` / ``compile_warm_s``: first call of ``mscpk.simulate()`` in a fresh
+  process with an empty / a filled persistent compilation cache (also reported for the
+  likelihood's value + gradient).
+- ``solver_over_expm``: adaptive solve over the matrix-exponential solution of the
+  linear configuration (``Mechanisms.none()``), per subject, vmapped batches.
+- ``nuts_s_per_ess``: NUTS wall seconds (warm-up + draws) per bulk effective sample of
+  the slowest global parameter, read from a finished calibration (``--posterior``).
+- ``jax_versions``: with ``--other-python PY`` the key figures are measured again under
+  that interpreter's jax (``--key-figures`` mode) and both sets are stored.
+
+Usage: ``python benchmarks/suite.py [--subjects 10000 --scaling 1 100 10000 100000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from _common import environment  # noqa: E402
+from jax.scipy.linalg import expm  # noqa: E402
+
+import mscpk  # noqa: E402
+from mscpk.population import Variability, simulate_population, subject, subject_keys  # noqa: E402
+from mscpk.solve.segments import event_schedule  # noqa: E402
+
+DAYS = 30.0
+
+
+def _median_time(f, *args, repeat=3):
+    """(first call incl. compile, median of ``repeat`` later calls) in seconds."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    first = time.perf_counter() - t0
+    runs = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        runs.append(time.perf_counter() - t0)
+    return first, float(np.median(runs))
+
+
+def _setting():
+    model = mscpk.build_model("mouse", "bm_msc")
+    regimen = mscpk.Regimen.bolus(1e6)
+    t_end = 24.0 * DAYS
+    times = np.arange(0.0, t_end + 1e-9, 24.0)
+    return model, regimen, times, t_end
+
+
+def _subprocess_env(cache_dir=None):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    if cache_dir is not None:
+        env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+    return env
+
+
+def bench_population(n: int, chunk: int, python=sys.executable) -> dict:
+    """One ``population.py`` run in a fresh process (its own peak memory)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "pop.json"
+        cmd = [
+            python,
+            str(HERE / "population.py"),
+            "--n",
+            str(n),
+            "--chunk",
+            str(min(chunk, n)),
+            "--out",
+            str(out),
+        ]
+        subprocess.run(cmd, check=True, env=_subprocess_env(), stdout=subprocess.DEVNULL)
+        run = json.loads(out.read_text())["runs"][0]
+    keep = ("subjects", "chunk", "wall_s", "subjects_per_s", "mean_steps", "peak_memory_bytes", "all_solved")
+    return {k: run[k] for k in keep}
+
+
+def bench_scipy(n_sub: int, methods=("LSODA", "RK45")) -> dict:
+    """Per-subject SciPy time on subjects 0..n_sub-1 of the population benchmark's key,
+    and their agreement with mscpk (viable cells in lung and whole body, daily)."""
+    from scipy_reference import solve_scipy
+
+    model, regimen, times, t_end = _setting()
+    table = regimen.table()
+    keys = subject_keys(jax.random.PRNGKey(0), 0, n_sub)
+    subjects = [subject(model, keys[i], Variability()) for i in range(n_sub)]
+    ref = simulate_population(model, regimen, times, t_end, n_sub, jax.random.PRNGKey(0), chunk_size=n_sub)
+    out = {}
+    for method in methods:
+        wall, nfev, worst = 0.0, [], 0.0
+        for i, m in enumerate(subjects):
+            run = solve_scipy(m, table, times, t_end, method)
+            wall += run["solve_s"]
+            if not run["success"]:
+                raise RuntimeError(f"SciPy {method} failed on subject {i}")
+            nfev.append(run["nfev"])
+            obs = m.observe(jnp.asarray(run["ys"]), jnp.zeros((len(times), m.n_size_classes)))
+            lung = np.asarray(obs.viable[:, 1])
+            mine = ref.values[("viable_cells", "lung")][i]
+            big = mine > 1e-3 * mine.max()
+            worst = max(worst, float(np.max(np.abs(lung[big] - mine[big]) / mine[big])))
+        out[method] = {
+            "subjects": n_sub,
+            "s_per_subject": wall / n_sub,
+            "mean_rhs_evaluations": float(np.mean(nfev)),
+            "max_rel_diff_lung_viable_vs_mscpk": worst,
+        }
+    return out
+
+
+def bench_grad(repeat: int = 3) -> dict:
+    from numpyro.infer import init_to_median
+    from numpyro.infer.util import initialize_model
+
+    from mscpk.calibration.problem import CalibrationProblem
+    from mscpk.evidence.likelihood import EvidenceLikelihood
+
+    result = {}
+    for mode in ("reverse", "forward"):
+        base = EvidenceLikelihood().solver  # the likelihood's own settings, in either mode
+        lik = EvidenceLikelihood(solver=dataclasses.replace(base, adjoint=mode))
+        prob = CalibrationProblem(lik)
+        info = initialize_model(
+            jax.random.PRNGKey(0), prob.model, init_strategy=init_to_median, validate_grad=False
+        )
+        potential, z = info.potential_fn, info.param_info.z
+        c_v, t_v = _median_time(jax.jit(potential), z, repeat=repeat)
+        grad = jax.value_and_grad(potential) if mode == "reverse" else jax.jacfwd(potential)
+        c_g, t_g = _median_time(jax.jit(grad), z, repeat=repeat)
+        result[mode] = {
+            "value_s": t_v,
+            "value_and_grad_s": t_g,
+            "grad_over_value": t_g / t_v,
+            "compile_value_s": c_v,
+            "compile_grad_s": c_g,
+            "dimensions": int(sum(np.size(v) for v in jax.tree_util.tree_leaves(z))),
+        }
+    return result
+
+
+_COMPILE_SNIPPET = """
+import time, jax
+jax.config.update("jax_enable_x64", True)
+import mscpk
+t0 = time.perf_counter()
+{body}
+print("SECONDS", time.perf_counter() - t0)
+"""
+_BODIES = {
+    "simulate": "mscpk.simulate().frame()",
+    "likelihood_value_and_grad": (
+        "from mscpk.evidence.likelihood import EvidenceLikelihood\n"
+        "from mscpk.observation.parameters import ObservationParameters\n"
+        "f = jax.jit(jax.value_and_grad(EvidenceLikelihood().function(), argnums=(0, 1)))\n"
+        "jax.block_until_ready(f(mscpk.KineticParameters.default(), ObservationParameters.default()))"
+    ),
+}
+
+
+def bench_compile(python=sys.executable, what=("simulate", "likelihood_value_and_grad")) -> dict:
+    """First call in a fresh process: empty cache (cold), then the same cache (warm)."""
+    out = {}
+    for name in what:
+        code = _COMPILE_SNIPPET.format(body=_BODIES[name])
+        with tempfile.TemporaryDirectory() as cache:
+            times = []
+            for _ in range(2):
+                run = subprocess.run(
+                    [python, "-c", code],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    env=_subprocess_env(cache),
+                )
+                times.append(float(run.stdout.split("SECONDS")[-1]))
+            out[name] = {"cold_s": times[0], "warm_s": times[1], "cache_files": len(os.listdir(cache))}
+    return out
+
+
+def bench_expm(n: int = 64, repeat: int = 3) -> dict:
+    """Adaptive solver vs the matrix-exponential solution of the linear configuration
+    (``Mechanisms.none()``), vmapped over ``n`` virtual subjects, 30 days, daily outputs,
+    per subject. The exact side is the cheapest exact method for this grid: one
+    propagator ``expm(24 h * A)`` per subject applied 30 times (the bolus at time 0 is
+    the initial state); :func:`mscpk.solve_expm`, which takes one exponential per output
+    time and segment for arbitrary regimens, is far slower (see RESULTS.md)."""
+    _, regimen, times, t_end = _setting()
+    linear = mscpk.build_model("mouse", "bm_msc", mechanisms=mscpk.Mechanisms.none())
+    table = regimen.table()
+    keys = subject_keys(jax.random.PRNGKey(0), 0, n)
+    t, te = jnp.asarray(times), jnp.asarray(t_end)
+    config = mscpk.SolverConfig()
+    step_h = float(times[1] - times[0])
+
+    @jax.jit
+    def adaptive(keys):
+        return jax.vmap(lambda k: mscpk.solve(subject(linear, k), table, t, te, config).ys)(keys)
+
+    @jax.jit
+    def exact(keys):
+        def one(k):
+            m = subject(linear, k)
+            _, jumps, _, _ = event_schedule(table, m, te)
+            y0 = jumps.sum(0)
+            propagator = expm(m.linear_matrix() * step_h)
+            _, ys = jax.lax.scan(
+                lambda y, _: (propagator @ y, propagator @ y), y0, None, length=len(times) - 1
+            )
+            return jnp.concatenate([y0[None], ys])
+
+        return jax.vmap(one)(keys)
+
+    c_a, t_a = _median_time(adaptive, keys, repeat=repeat)
+    c_e, t_e = _median_time(exact, keys, repeat=repeat)
+    ya, ye = np.asarray(adaptive(keys)), np.asarray(exact(keys))
+    big = np.abs(ye) > 1e-6 * float(regimen.total_cells)
+    return {
+        "subjects": n,
+        "adaptive_s_per_subject": t_a / n,
+        "expm_s_per_subject": t_e / n,
+        "solver_over_expm": t_a / t_e,
+        "max_rel_diff": float(np.max(np.abs(ya - ye)[big] / np.abs(ye)[big])),
+        "compile_adaptive_s": c_a,
+        "compile_expm_s": c_e,
+        "states": int(linear.n_states),
+    }
+
+
+def nuts_from_posterior(path) -> dict:
+    import arviz as az
+
+    idata = az.from_netcdf(path)
+    attrs = dict(idata.posterior.attrs)
+    seconds = float(attrs.get("seconds", "nan"))
+    names = [v for v in idata.posterior.data_vars if not v.startswith("study_")]
+    ess = az.ess(idata, var_names=names, method="bulk")
+    min_ess = min(float(np.min(ess[v].values)) for v in names)
+    return {
+        "posterior": str(path),
+        "nuts_wall_s": seconds,
+        "min_bulk_ess": min_ess,
+        "nuts_s_per_ess": seconds / min_ess,
+        "draws": int(idata.posterior.sizes["draw"]),
+        "chains": int(idata.posterior.sizes["chain"]),
+    }
+
+
+def key_figures(args) -> dict:
+    """What is compared across JAX versions (everything but SciPy, scaling and NUTS)."""
+    model, regimen, times, t_end = _setting()
+    simulate_population(
+        model, regimen, times, t_end, args.chunk, jax.random.PRNGKey(1), chunk_size=args.chunk
+    )
+    t0 = time.perf_counter()
+    pop = simulate_population(
+        model, regimen, times, t_end, args.subjects, jax.random.PRNGKey(0), chunk_size=args.chunk
+    )
+    wall = time.perf_counter() - t0
+    return {
+        "population": {
+            "subjects": args.subjects,
+            "chunk": args.chunk,
+            "wall_s": wall,
+            "subjects_per_s": args.subjects / wall,
+            "mean_steps": float(pop.n_steps.mean()),
+        },
+        "grad": bench_grad(),
+        "compile": bench_compile(),
+        "expm": bench_expm(args.expm_subjects),
+        **environment(),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--subjects", type=int, default=10_000)
+    parser.add_argument("--chunk", type=int, default=4096)
+    parser.add_argument("--scaling", type=int, nargs="*", default=[1, 100, 10_000, 100_000])
+    parser.add_argument("--scipy-subjects", type=int, default=20)
+    parser.add_argument("--expm-subjects", type=int, default=64)
+    parser.add_argument("--posterior", default=None, help="finished calibration (netCDF) for nuts_s_per_ess")
+    parser.add_argument("--other-python", default=None, help="interpreter with another jax for jax_versions")
+    parser.add_argument(
+        "--key-figures", action="store_true", help="only the cross-version figures (JSON to --out)"
+    )
+    parser.add_argument("--out", default=str(HERE / "results" / "latest.json"))
+    args = parser.parse_args(argv)
+    if args.key_figures:
+        Path(args.out).write_text(json.dumps(key_figures(args), indent=2) + "\n")
+        return
+
+    def say(msg):
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    result = {"benchmark": "mscpk suite (benchmarks/suite.py)", **environment()}
+    say("SciPy reference on a subsample")
+    scipy = bench_scipy(args.scipy_subjects)
+    say(f"population scaling {args.scaling} and {args.subjects}")
+    sizes = sorted(set(args.scaling) | {args.subjects})
+    scaling = [bench_population(n, args.chunk) for n in sizes]
+    for row in scaling:
+        say(
+            f"  N={row['subjects']:>7,d} {row['wall_s']:9.2f} s  peak {row['peak_memory_bytes'] / 2**20:8.0f} MiB"
+        )
+    at_n = next(r for r in scaling if r["subjects"] == args.subjects)
+    mscpk_per_subject = at_n["wall_s"] / at_n["subjects"]
+    result["speedup_vs_scipy_lsoda"] = scipy["LSODA"]["s_per_subject"] / mscpk_per_subject
+    result["speedup_vs_scipy_rk45"] = scipy["RK45"]["s_per_subject"] / mscpk_per_subject
+    result["scipy"] = scipy
+    result["mscpk_s_per_subject"] = mscpk_per_subject
+    result["scaling"] = [r for r in scaling if r["subjects"] in args.scaling]
+    say("gradient over value")
+    grad = bench_grad()
+    result["grad_over_value"] = {m: grad[m]["grad_over_value"] for m in grad}
+    result["grad"] = grad
+    say("compile cold / warm")
+    comp = bench_compile()
+    result["compile_cold_s"] = comp["simulate"]["cold_s"]
+    result["compile_warm_s"] = comp["simulate"]["warm_s"]
+    result["compile"] = comp
+    say("solver over expm")
+    expm = bench_expm(args.expm_subjects)
+    result["solver_over_expm"] = expm["solver_over_expm"]
+    result["expm"] = expm
+    if args.posterior:
+        nuts = nuts_from_posterior(args.posterior)
+        result["nuts_s_per_ess"] = nuts["nuts_s_per_ess"]
+        result["nuts"] = nuts
+    else:
+        result["nuts_s_per_ess"] = None
+        result["nuts"] = {"reason": "no finished calibration given (--posterior)"}
+    if args.other_python:
+        say(f"key figures under {args.other_python}")
+        with tempfile.TemporaryDirectory() as tmp:
+            other_out = Path(tmp) / "other.json"
+            subprocess.run(
+                [
+                    args.other_python,
+                    __file__,
+                    "--key-figures",
+                    "--subjects",
+                    str(args.subjects),
+                    "--chunk",
+                    str(args.chunk),
+                    "--expm-subjects",
+                    str(args.expm_subjects),
+                    "--out",
+                    str(other_out),
+                ],
+                check=True,
+                env=_subprocess_env(),
+            )
+            other = json.loads(other_out.read_text())
+        this = {
+            "population": {
+                k: at_n[k] for k in ("subjects", "chunk", "wall_s", "subjects_per_s", "mean_steps")
+            },
+            "grad": grad,
+            "compile": comp,
+            "expm": expm,
+            "versions": result["versions"],
+        }
+        result["jax_versions"] = {result["versions"]["jax"]: this, other["versions"]["jax"]: other}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    _table(result)
+    say(f"wrote {out}")
+
+
+def _table(r):
+    rows = [
+        ("speedup_vs_scipy_lsoda", r["speedup_vs_scipy_lsoda"], ">= 100"),
+        ("speedup_vs_scipy_rk45", r["speedup_vs_scipy_rk45"], ""),
+        ("grad_over_value (reverse)", r["grad_over_value"]["reverse"], "<= 3"),
+        ("grad_over_value (forward)", r["grad_over_value"]["forward"], "<= 3"),
+        ("compile_cold_s", r["compile_cold_s"], "<= 20"),
+        ("compile_warm_s", r["compile_warm_s"], "<= 3"),
+        ("solver_over_expm", r["solver_over_expm"], "<= 3"),
+        ("nuts_s_per_ess", r["nuts_s_per_ess"], ""),
+    ]
+    print(f"\n{'key':32s} {'value':>12s}  target")
+    for name, value, target in rows:
+        shown = "n/a" if value is None else f"{value:12.3f}"
+        print(f"{name:32s} {shown:>12s}  {target}")
+    for row in r["scaling"]:
+        print(
+            f"scaling N={row['subjects']:>9,d}  {row['wall_s']:10.2f} s  {row['peak_memory_bytes'] / 2**20:9.0f} MiB"
+        )
+
+
+if __name__ == "__main__":
+    main()
