@@ -80,8 +80,9 @@ def _setting():
 def _subprocess_env(cache_dir=None):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    if cache_dir is not None:
+    if cache_dir is not None:  # as `make` sets it up
         env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     return env
 
 
@@ -177,7 +178,7 @@ t0 = time.perf_counter()
 print("SECONDS", time.perf_counter() - t0)
 """
 _BODIES = {
-    "simulate": "mscpk.simulate().frame()",
+    "simulate": "mscpk.simulate('mouse', 'bm_msc', cells=1e6).to_dataframe()",
     "likelihood_value_and_grad": (
         "from mscpk.evidence.likelihood import EvidenceLikelihood\n"
         "from mscpk.observation.parameters import ObservationParameters\n"
@@ -196,12 +197,10 @@ def bench_compile(python=sys.executable, what=("simulate", "likelihood_value_and
             times = []
             for _ in range(2):
                 run = subprocess.run(
-                    [python, "-c", code],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                    env=_subprocess_env(cache),
+                    [python, "-c", code], capture_output=True, text=True, env=_subprocess_env(cache)
                 )
+                if run.returncode != 0:
+                    raise RuntimeError(f"compile benchmark {name!r} failed:\n{run.stderr[-3000:]}")
                 times.append(float(run.stdout.split("SECONDS")[-1]))
             out[name] = {"cold_s": times[0], "warm_s": times[1], "cache_files": len(os.listdir(cache))}
     return out
@@ -257,43 +256,31 @@ def bench_expm(n: int = 64, repeat: int = 3) -> dict:
 
 
 def nuts_from_posterior(path) -> dict:
+    """NUTS wall seconds (warm-up + draws, the ``seconds`` the fit recorded) per bulk
+    effective sample of the slowest global parameter."""
     import arviz as az
 
+    from mscpk.calibration.fit import diagnostics
+    from mscpk.calibration.posterior import global_sites
+
     idata = az.from_netcdf(path)
-    attrs = dict(idata.posterior.attrs)
-    seconds = float(attrs.get("seconds", "nan"))
-    names = [v for v in idata.posterior.data_vars if not v.startswith("study_")]
-    ess = az.ess(idata, var_names=names, method="bulk")
-    min_ess = min(float(np.min(ess[v].values)) for v in names)
+    seconds = float(idata.posterior.attrs.get("seconds", "nan"))
+    d = diagnostics(idata, global_sites(idata))
     return {
         "posterior": str(path),
         "nuts_wall_s": seconds,
-        "min_bulk_ess": min_ess,
-        "nuts_s_per_ess": seconds / min_ess,
-        "draws": int(idata.posterior.sizes["draw"]),
-        "chains": int(idata.posterior.sizes["chain"]),
+        "min_bulk_ess": d["min_ess_bulk"],
+        "nuts_s_per_ess": seconds / d["min_ess_bulk"],
+        "max_r_hat": d["max_r_hat"],
+        "divergence_fraction": d["divergence_fraction"],
+        "draws": d["draws"],
     }
 
 
 def key_figures(args) -> dict:
     """What is compared across JAX versions (everything but SciPy, scaling and NUTS)."""
-    model, regimen, times, t_end = _setting()
-    simulate_population(
-        model, regimen, times, t_end, args.chunk, jax.random.PRNGKey(1), chunk_size=args.chunk
-    )
-    t0 = time.perf_counter()
-    pop = simulate_population(
-        model, regimen, times, t_end, args.subjects, jax.random.PRNGKey(0), chunk_size=args.chunk
-    )
-    wall = time.perf_counter() - t0
     return {
-        "population": {
-            "subjects": args.subjects,
-            "chunk": args.chunk,
-            "wall_s": wall,
-            "subjects_per_s": args.subjects / wall,
-            "mean_steps": float(pop.n_steps.mean()),
-        },
+        "population": bench_population(args.subjects, args.chunk),
         "grad": bench_grad(),
         "compile": bench_compile(),
         "expm": bench_expm(args.expm_subjects),
@@ -315,25 +302,35 @@ def main(argv=None):
     parser.add_argument(
         "--key-figures", action="store_true", help="only the cross-version figures (JSON to --out)"
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the sections already finished in <out>.partial.json (same machine and settings)",
+    )
     parser.add_argument("--out", default=str(HERE / "results" / "latest.json"))
     args = parser.parse_args(argv)
     if args.key_figures:
         Path(args.out).write_text(json.dumps(key_figures(args), indent=2) + "\n")
         return
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial.json")
+    done = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
 
-    def say(msg):
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    def section(name, compute):
+        """Each finished section is saved at once, so a failure later loses nothing."""
+        if name in done:
+            print(f"[{time.strftime('%H:%M:%S')}] {name}: reused from {partial}", flush=True)
+            return done[name]
+        print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
+        done[name] = compute()
+        partial.write_text(json.dumps(done, indent=2) + "\n")
+        return done[name]
 
     result = {"benchmark": "mscpk suite (benchmarks/suite.py)", **environment()}
-    say("SciPy reference on a subsample")
-    scipy = bench_scipy(args.scipy_subjects)
-    say(f"population scaling {args.scaling} and {args.subjects}")
+    scipy = section("scipy", lambda: bench_scipy(args.scipy_subjects))
     sizes = sorted(set(args.scaling) | {args.subjects})
-    scaling = [bench_population(n, args.chunk) for n in sizes]
-    for row in scaling:
-        say(
-            f"  N={row['subjects']:>7,d} {row['wall_s']:9.2f} s  peak {row['peak_memory_bytes'] / 2**20:8.0f} MiB"
-        )
+    scaling = [section(f"population_{n}", lambda n=n: bench_population(n, args.chunk)) for n in sizes]
     at_n = next(r for r in scaling if r["subjects"] == args.subjects)
     mscpk_per_subject = at_n["wall_s"] / at_n["subjects"]
     result["speedup_vs_scipy_lsoda"] = scipy["LSODA"]["s_per_subject"] / mscpk_per_subject
@@ -341,17 +338,14 @@ def main(argv=None):
     result["scipy"] = scipy
     result["mscpk_s_per_subject"] = mscpk_per_subject
     result["scaling"] = [r for r in scaling if r["subjects"] in args.scaling]
-    say("gradient over value")
-    grad = bench_grad()
+    grad = section("grad", bench_grad)
     result["grad_over_value"] = {m: grad[m]["grad_over_value"] for m in grad}
     result["grad"] = grad
-    say("compile cold / warm")
-    comp = bench_compile()
+    comp = section("compile", bench_compile)
     result["compile_cold_s"] = comp["simulate"]["cold_s"]
     result["compile_warm_s"] = comp["simulate"]["warm_s"]
     result["compile"] = comp
-    say("solver over expm")
-    expm = bench_expm(args.expm_subjects)
+    expm = section("expm", lambda: bench_expm(args.expm_subjects))
     result["solver_over_expm"] = expm["solver_over_expm"]
     result["expm"] = expm
     if args.posterior:
@@ -362,42 +356,28 @@ def main(argv=None):
         result["nuts_s_per_ess"] = None
         result["nuts"] = {"reason": "no finished calibration given (--posterior)"}
     if args.other_python:
-        say(f"key figures under {args.other_python}")
-        with tempfile.TemporaryDirectory() as tmp:
-            other_out = Path(tmp) / "other.json"
-            subprocess.run(
-                [
-                    args.other_python,
-                    __file__,
-                    "--key-figures",
-                    "--subjects",
-                    str(args.subjects),
-                    "--chunk",
-                    str(args.chunk),
-                    "--expm-subjects",
-                    str(args.expm_subjects),
-                    "--out",
-                    str(other_out),
-                ],
-                check=True,
-                env=_subprocess_env(),
-            )
-            other = json.loads(other_out.read_text())
+
+        def other_figures():
+            with tempfile.TemporaryDirectory() as tmp:
+                other_out = Path(tmp) / "other.json"
+                cmd = [args.other_python, __file__, "--key-figures", "--out", str(other_out)]
+                cmd += ["--subjects", str(args.subjects), "--chunk", str(args.chunk)]
+                cmd += ["--expm-subjects", str(args.expm_subjects)]
+                subprocess.run(cmd, check=True, env=_subprocess_env())
+                return json.loads(other_out.read_text())
+
+        other = section("other_jax", other_figures)
         this = {
-            "population": {
-                k: at_n[k] for k in ("subjects", "chunk", "wall_s", "subjects_per_s", "mean_steps")
-            },
+            "population": at_n,
             "grad": grad,
             "compile": comp,
             "expm": expm,
             "versions": result["versions"],
         }
         result["jax_versions"] = {result["versions"]["jax"]: this, other["versions"]["jax"]: other}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     _table(result)
-    say(f"wrote {out}")
+    print(f"wrote {out}")
 
 
 def _table(r):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -24,6 +25,14 @@ TIDY_COLUMNS = ("time_h", "organ", "quantity", "value", "unit")
 #: Quantiles of :attr:`SimulationResult.bands` (a 90% band and its median).
 BAND_QUANTILES = (0.05, 0.5, 0.95)
 BAND_COLUMNS = ("lower_90", "median_draws", "upper_90")
+
+
+@eqx.filter_jit
+def _observations(model: Model, states, blood_input) -> dict:
+    """Every default assay's view of ``states``, in one compiled call (op by op, the
+    first call of a session would compile each small operation separately)."""
+    observed = model.observe(states, blood_input)
+    return {a.quantity: a(observed) for a in DEFAULT_ASSAYS}
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,8 +53,8 @@ class SimulationResult:
     @cached_property
     def observations(self) -> dict[str, np.ndarray]:
         """``{quantity: array (T, K)}`` over :data:`OUTPUT_ORGANS`."""
-        observed = self.model.observe(jnp.asarray(self.states), jnp.asarray(self.blood_input))
-        return {a.quantity: np.asarray(a(observed)) for a in DEFAULT_ASSAYS}
+        observed = _observations(self.model, jnp.asarray(self.states), jnp.asarray(self.blood_input))
+        return {k: np.asarray(v) for k, v in observed.items()}
 
     @property
     def units(self) -> dict[str, str]:

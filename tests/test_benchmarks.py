@@ -1,5 +1,6 @@
-"""The NumPy port used as the SciPy baseline (benchmarks/scipy_reference.py) computes the
-same right-hand side as the JAX model, so ``speedup_vs_scipy_lsoda`` compares like with like."""
+"""Pieces of the benchmark suite (``make bench``): the NumPy port used as the SciPy baseline
+(benchmarks/scipy_reference.py) computes the same right-hand side as the JAX model, so
+``speedup_vs_scipy_lsoda`` compares like with like; NUTS seconds per effective sample."""
 
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from mscpk.model.layout import unpack
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 from scipy_reference import numpy_field, numpy_transport, solve_scipy  # noqa: E402
+from suite import nuts_from_posterior  # noqa: E402
 
 CONFIGS = {
     "mouse_default": dict(),
@@ -71,3 +73,26 @@ def test_scipy_reference_refuses_infusions():
     model = mscpk.build_model()
     with pytest.raises(ValueError, match="regimen"):
         solve_scipy(model, mscpk.Regimen.infusion(1e6, 1.0).table(), np.array([0.0, 2.0]), 2.0)
+
+
+def test_nuts_seconds_per_ess(tmp_path):
+    """Seconds recorded by the fit over the smallest bulk ESS of the global (2-D) sites;
+    per-study (3-D) sites are left out."""
+    import arviz as az
+
+    rng = np.random.default_rng(1)
+    fast = rng.normal(size=(4, 200))
+    slow = np.cumsum(rng.normal(size=(4, 200)), axis=1) * 0.05 + rng.normal(size=(4, 200))
+    idata = az.from_dict(
+        posterior={"fast": fast, "slow": slow, "per_study": rng.normal(size=(4, 200, 3))},
+        sample_stats={"diverging": np.zeros((4, 200), dtype=bool)},
+    )
+    idata.posterior.attrs["seconds"] = 1234.0
+    path = tmp_path / "post.nc"
+    idata.to_netcdf(path)
+    out = nuts_from_posterior(path)
+    ess = az.ess(idata, var_names=["fast", "slow"], method="bulk")
+    want = min(float(ess["fast"]), float(ess["slow"]))
+    assert out["min_bulk_ess"] == pytest.approx(want, rel=1e-12)
+    assert out["nuts_s_per_ess"] == pytest.approx(1234.0 / want, rel=1e-12)
+    assert out["draws"] == 800 and out["divergence_fraction"] == 0.0
