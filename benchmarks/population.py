@@ -1,6 +1,6 @@
 """Virtual-population throughput: N subjects x 30 days, in chunks.
 
-Run: ``python benchmarks/population.py [--n 1 100 10000 --chunk 4096 --days 30]``
+Run: ``python benchmarks/population.py [--n 1 100 10000 --chunk 64 --days 30]``
 (``make bench-gpu`` runs it with 1,000,000 subjects on the first accelerator).
 
 Mouse, BM-MSC, 1e6 cells IV at time 0, daily outputs (viable cells in lung and whole
@@ -30,10 +30,21 @@ import mscpk  # noqa: E402
 from mscpk.population import simulate_population  # noqa: E402
 
 
+def _chunk_for(requested, n):
+    """The chunk ``simulate_population`` will use for ``n`` subjects."""
+    from mscpk.population import ACCELERATOR_CHUNK, CPU_CHUNK_PER_DEVICE
+
+    n_dev = jax.local_device_count()
+    if requested is None:
+        on_cpu = jax.local_devices()[0].platform == "cpu"
+        requested = CPU_CHUNK_PER_DEVICE * n_dev if on_cpu else ACCELERATOR_CHUNK
+    return -(-min(requested, n) // n_dev) * n_dev
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, nargs="+", default=[1, 100, 10_000])
-    parser.add_argument("--chunk", type=int, default=4096)
+    parser.add_argument("--chunk", type=int, default=None, help="default: simulate_population's")
     parser.add_argument("--days", type=float, default=30.0)
     parser.add_argument("--rtol", type=float, default=None, help="default: SolverConfig's")
     parser.add_argument(
@@ -53,7 +64,7 @@ def main(argv=None):
     runs = []
     compiled = set()
     for n in args.n:
-        chunk = min(args.chunk, n)
+        chunk = _chunk_for(args.chunk, n)
         compile_s = None
         if chunk not in compiled:  # warm-up: compiles the chunk function for this size
             t0 = time.perf_counter()

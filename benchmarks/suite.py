@@ -6,7 +6,9 @@ Keys (each measured in this one run; ratios side by side):
 - ``speedup_vs_scipy_lsoda`` (and ``_rk45``): per-subject throughput of
   :func:`mscpk.population.simulate_population` at ``--subjects`` (10,000) over SciPy
   ``solve_ivp`` on the same equations in NumPy (``scipy_reference.py``), same subjects,
-  tolerances and daily outputs, SciPy timed on a subsample (``--scipy-subjects``).
+  tolerances and daily outputs, SciPy timed on a subsample (``--scipy-subjects``). SciPy
+  runs one subject after another on one core; mscpk shards each chunk over every core
+  as a JAX host device (``speedup_vs_scipy_lsoda_one_device``: on one device).
 - ``scaling``: wall time and peak memory for 1, 100, 10,000, 100,000 subjects, each N in
   a fresh process (``population.py``) so that its peak memory is its own.
 - ``grad_over_value``: value + gradient over value of the calibration potential (the
@@ -86,24 +88,26 @@ def _subprocess_env(cache_dir=None):
     return env
 
 
-def bench_population(n: int, chunk: int, python=sys.executable) -> dict:
-    """One ``population.py`` run in a fresh process (its own peak memory)."""
+def bench_population(
+    n: int, chunk: int | None = None, python=sys.executable, host_devices: int | None = None
+) -> dict:
+    """One ``population.py`` run in a fresh process (its own peak memory). ``host_devices``:
+    CPU cores exposed as that many JAX devices (``simulate_population`` shards each chunk
+    over them); ``None``: JAX's default (one CPU device)."""
+    env = _subprocess_env()
+    if host_devices:
+        env["XLA_FLAGS"] = (
+            f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={host_devices}".strip()
+        )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "pop.json"
-        cmd = [
-            python,
-            str(HERE / "population.py"),
-            "--n",
-            str(n),
-            "--chunk",
-            str(min(chunk, n)),
-            "--out",
-            str(out),
-        ]
-        subprocess.run(cmd, check=True, env=_subprocess_env(), stdout=subprocess.DEVNULL)
-        run = json.loads(out.read_text())["runs"][0]
+        cmd = [python, str(HERE / "population.py"), "--n", str(n), "--out", str(out)]
+        if chunk is not None:
+            cmd += ["--chunk", str(min(chunk, n))]
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+        data = json.loads(out.read_text())
     keep = ("subjects", "chunk", "wall_s", "subjects_per_s", "mean_steps", "peak_memory_bytes", "all_solved")
-    return {k: run[k] for k in keep}
+    return {**{k: data["runs"][0][k] for k in keep}, "devices": data["device_count"]}
 
 
 def bench_scipy(n_sub: int, methods=("LSODA", "RK45")) -> dict:
@@ -280,7 +284,7 @@ def nuts_from_posterior(path) -> dict:
 def key_figures(args) -> dict:
     """What is compared across JAX versions (everything but SciPy, scaling and NUTS)."""
     return {
-        "population": bench_population(args.subjects, args.chunk),
+        "population": bench_population(args.subjects, args.chunk, host_devices=os.cpu_count()),
         "grad": bench_grad(),
         "compile": bench_compile(),
         "expm": bench_expm(args.expm_subjects),
@@ -293,7 +297,7 @@ def main(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--subjects", type=int, default=10_000)
-    parser.add_argument("--chunk", type=int, default=4096)
+    parser.add_argument("--chunk", type=int, default=None, help="default: simulate_population's")
     parser.add_argument("--scaling", type=int, nargs="*", default=[1, 100, 10_000, 100_000])
     parser.add_argument("--scipy-subjects", type=int, default=20)
     parser.add_argument("--expm-subjects", type=int, default=64)
@@ -330,13 +334,22 @@ def main(argv=None):
     result = {"benchmark": "mscpk suite (benchmarks/suite.py)", **environment()}
     scipy = section("scipy", lambda: bench_scipy(args.scipy_subjects))
     sizes = sorted(set(args.scaling) | {args.subjects})
-    scaling = [section(f"population_{n}", lambda n=n: bench_population(n, args.chunk)) for n in sizes]
+    cores = os.cpu_count()  # every core a JAX device (shard_map over them)
+    scaling = [
+        section(f"population_{n}", lambda n=n: bench_population(n, args.chunk, host_devices=cores))
+        for n in sizes
+    ]
     at_n = next(r for r in scaling if r["subjects"] == args.subjects)
+    one = section("population_one_device", lambda: bench_population(args.subjects, args.chunk))
     mscpk_per_subject = at_n["wall_s"] / at_n["subjects"]
     result["speedup_vs_scipy_lsoda"] = scipy["LSODA"]["s_per_subject"] / mscpk_per_subject
     result["speedup_vs_scipy_rk45"] = scipy["RK45"]["s_per_subject"] / mscpk_per_subject
+    result["speedup_vs_scipy_lsoda_one_device"] = scipy["LSODA"]["s_per_subject"] / (
+        one["wall_s"] / one["subjects"]
+    )
     result["scipy"] = scipy
     result["mscpk_s_per_subject"] = mscpk_per_subject
+    result["mscpk_one_device"] = one
     result["scaling"] = [r for r in scaling if r["subjects"] in args.scaling]
     grad = section("grad", bench_grad)
     result["grad_over_value"] = {m: grad[m]["grad_over_value"] for m in grad}
@@ -361,7 +374,8 @@ def main(argv=None):
             with tempfile.TemporaryDirectory() as tmp:
                 other_out = Path(tmp) / "other.json"
                 cmd = [args.other_python, __file__, "--key-figures", "--out", str(other_out)]
-                cmd += ["--subjects", str(args.subjects), "--chunk", str(args.chunk)]
+                cmd += ["--subjects", str(args.subjects)]
+                cmd += ["--chunk", str(args.chunk)] if args.chunk else []
                 cmd += ["--expm-subjects", str(args.expm_subjects)]
                 subprocess.run(cmd, check=True, env=_subprocess_env())
                 return json.loads(other_out.read_text())

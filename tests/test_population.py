@@ -117,7 +117,7 @@ def test_failed_subjects_raise_or_are_masked(mouse_model):
     "change, match",
     [
         ({"n": 0}, "n: expected an integer >= 1"),
-        ({"chunk_size": 0}, "chunk_size: expected an integer >= 1"),
+        ({"chunk_size": 0}, "chunk_size: expected None or an integer >= 1"),
         ({"outputs": (("viable", "lung"),)}, "outputs: unknown quantity 'viable'"),
         ({"outputs": (("viable_cells", "brainstem"),)}, "outputs: 'viable_cells' has no output 'brainstem'"),
         ({"on_failure": "ignore"}, "on_failure: 'ignore'"),
