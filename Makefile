@@ -4,8 +4,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
-# cache every compilation, also the many small ones of a session's first calls
-export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0
 export MPLBACKEND ?= Agg
 
 .PHONY: install demo test test-all lint clean bench bench-gpu
