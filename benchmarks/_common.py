@@ -49,3 +49,17 @@ def peak_memory_bytes() -> int | None:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def timed(f, *args, repeat: int = 3) -> tuple[float, float]:
+    """(first call incl. compile, median of ``repeat`` later calls) in seconds."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    first = time.perf_counter() - t0
+    runs = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        runs.append(time.perf_counter() - t0)
+    runs.sort()
+    return first, runs[len(runs) // 2]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -18,24 +17,11 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import environment  # noqa: E402
+from _common import environment, timed  # noqa: E402
 
 import mscpk  # noqa: E402
 from mscpk.evidence.likelihood import EvidenceLikelihood  # noqa: E402
 from mscpk.observation.parameters import ObservationParameters  # noqa: E402
-
-
-def _timed(f, *args, repeat):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    first = time.perf_counter() - t0
-    runs = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        runs.append(time.perf_counter() - t0)
-    runs.sort()
-    return first, runs[len(runs) // 2]
 
 
 def main(argv=None):
@@ -47,8 +33,8 @@ def main(argv=None):
     k, o = mscpk.KineticParameters.default(), ObservationParameters.default()
     value = jax.jit(f)
     value_grad = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
-    first_v, t_v = _timed(value, k, o, repeat=args.repeat)
-    first_g, t_g = _timed(value_grad, k, o, repeat=args.repeat)
+    first_v, t_v = timed(value, k, o, repeat=args.repeat)
+    first_g, t_g = timed(value_grad, k, o, repeat=args.repeat)
     device = jax.devices()[0]
     result = {
         "benchmark": "evidence likelihood, one jitted call over all scenarios",

@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from _common import environment  # noqa: E402
+from _common import environment, timed  # noqa: E402
 from jax.scipy.linalg import expm  # noqa: E402
 
 import mscpk  # noqa: E402
@@ -56,19 +56,6 @@ from mscpk.population import Variability, simulate_population, subject, subject_
 from mscpk.solve.segments import event_schedule  # noqa: E402
 
 DAYS = 30.0
-
-
-def _median_time(f, *args, repeat=3):
-    """(first call incl. compile, median of ``repeat`` later calls) in seconds."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    first = time.perf_counter() - t0
-    runs = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        runs.append(time.perf_counter() - t0)
-    return first, float(np.median(runs))
 
 
 def _setting():
@@ -159,9 +146,9 @@ def bench_grad(repeat: int = 3) -> dict:
             jax.random.PRNGKey(0), prob.model, init_strategy=init_to_median, validate_grad=False
         )
         potential, z = info.potential_fn, info.param_info.z
-        c_v, t_v = _median_time(jax.jit(potential), z, repeat=repeat)
+        c_v, t_v = timed(jax.jit(potential), z, repeat=repeat)
         grad = jax.value_and_grad(potential) if mode == "reverse" else jax.jacfwd(potential)
-        c_g, t_g = _median_time(jax.jit(grad), z, repeat=repeat)
+        c_g, t_g = timed(jax.jit(grad), z, repeat=repeat)
         result[mode] = {
             "value_s": t_v,
             "value_and_grad_s": t_g,
@@ -243,8 +230,8 @@ def bench_expm(n: int = 64, repeat: int = 3) -> dict:
 
         return jax.vmap(one)(keys)
 
-    c_a, t_a = _median_time(adaptive, keys, repeat=repeat)
-    c_e, t_e = _median_time(exact, keys, repeat=repeat)
+    c_a, t_a = timed(adaptive, keys, repeat=repeat)
+    c_e, t_e = timed(exact, keys, repeat=repeat)
     ya, ye = np.asarray(adaptive(keys)), np.asarray(exact(keys))
     big = np.abs(ye) > 1e-6 * float(regimen.total_cells)
     return {
