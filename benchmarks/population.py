@@ -27,18 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import device_tag, environment, peak_memory_bytes  # noqa: E402
 
 import mscpk  # noqa: E402
-from mscpk.population import simulate_population  # noqa: E402
-
-
-def _chunk_for(requested, n):
-    """The chunk ``simulate_population`` will use for ``n`` subjects."""
-    from mscpk.population import ACCELERATOR_CHUNK, CPU_CHUNK_PER_DEVICE
-
-    n_dev = jax.local_device_count()
-    if requested is None:
-        on_cpu = jax.local_devices()[0].platform == "cpu"
-        requested = CPU_CHUNK_PER_DEVICE * n_dev if on_cpu else ACCELERATOR_CHUNK
-    return -(-min(requested, n) // n_dev) * n_dev
+from mscpk.population import chunk_for, simulate_population  # noqa: E402
 
 
 def main(argv=None):
@@ -64,7 +53,7 @@ def main(argv=None):
     runs = []
     compiled = set()
     for n in args.n:
-        chunk = _chunk_for(args.chunk, n)
+        chunk = chunk_for(n, args.chunk)
         compile_s = None
         if chunk not in compiled:  # warm-up: compiles the chunk function for this size
             t0 = time.perf_counter()

@@ -37,7 +37,8 @@ _WOUND = _m._WOUND
 
 def numpy_transport(model) -> dict:
     """``model.transport()`` and the static switches the right-hand side needs, as NumPy."""
-    tr = jax.tree_util.tree_map(np.asarray, model.transport())
+    transport = model.transport()
+    tr = jax.tree_util.tree_map(np.asarray, transport)
     return {
         "tr": tr,
         "n_size_classes": model.n_size_classes,
@@ -46,8 +47,8 @@ def numpy_transport(model) -> dict:
         "injury_mask": np.asarray(model.host.injury_mask()) if model._inflamed else None,
         "potency": float(model.product.potency),
         "body_weight_g": float(model.species.body_weight_g),
-        "cartridge_transfer": float(model.cartridge_transfer(model.transport().rates)),
-        "k_fast": np.asarray(model.fast_rates(model.transport())),
+        "cartridge_transfer": float(model.cartridge_transfer(transport.rates)),
+        "k_fast": np.asarray(model.fast_rates(transport)),
         "fast_slots": np.asarray(fast_slots(model.n_size_classes)),
     }
 

@@ -242,6 +242,17 @@ CPU_CHUNK_PER_DEVICE = 64
 ACCELERATOR_CHUNK = 65_536
 
 
+def chunk_for(n: int, chunk_size: int | None = None, devices=None) -> int:
+    """The chunk :func:`simulate_population` uses for ``n`` subjects: ``chunk_size``
+    (default :data:`CPU_CHUNK_PER_DEVICE` per device on CPUs, :data:`ACCELERATOR_CHUNK`
+    otherwise), at most ``n``, rounded up to a multiple of the devices."""
+    devices = jax.local_devices() if devices is None else list(devices)
+    n_dev = len(devices)
+    if chunk_size is None:
+        chunk_size = CPU_CHUNK_PER_DEVICE * n_dev if devices[0].platform == "cpu" else ACCELERATOR_CHUNK
+    return -(-int(min(chunk_size, n)) // n_dev) * n_dev
+
+
 def simulate_population(
     model: Model,
     regimen,
@@ -308,10 +319,7 @@ def simulate_population(
     solver = SolverConfig() if solver is None else solver
     mesh = _mesh(devices)
     n_dev = 1 if mesh is None else mesh.size
-    if chunk_size is None:
-        on_cpu = (jax.local_devices() if devices is None else list(devices))[0].platform == "cpu"
-        chunk_size = CPU_CHUNK_PER_DEVICE * n_dev if on_cpu else ACCELERATOR_CHUNK
-    chunk = -(-int(min(chunk_size, n)) // n_dev) * n_dev  # a multiple of the devices
+    chunk = chunk_for(n, chunk_size, devices)
     table = regimen.table()
     t_jax, t_end = jnp.asarray(times), jnp.asarray(float(t_end_h))
     values = np.empty((len(outputs), n, times.size))
