@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 export MPLBACKEND ?= Agg
+# Lets the persistent cache store the solver's compilations (Equinox's runtime checks
+# otherwise embed host callbacks, which the cache refuses); see README "Compilation cache".
+export EQX_ON_ERROR ?= nan
 
 .PHONY: install demo test test-all lint clean bench bench-gpu
 

@@ -3,6 +3,11 @@
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Equinox's runtime checks (diffrax's saveat/dt0 checks, the checkpointed adjoint's) embed
+# host callbacks, and JAX's persistent cache refuses programs with host callbacks: "nan"
+# keeps them out, so every test process and notebook kernel shares the compilations
+# (mscpk detects failed solves from diffrax's result codes, not from these checks).
+os.environ.setdefault("EQX_ON_ERROR", "nan")
 
 import jax  # noqa: E402
 

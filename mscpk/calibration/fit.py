@@ -87,6 +87,9 @@ def find_map(
             z = initialize_model(
                 keys[r], problem.model, init_strategy=init_to_sample, validate_grad=False
             ).param_info.z
+        # Strongly typed start (the prior median's values are weakly typed, the updates
+        # not): one compilation of `update` serves every step and restart, instead of 3.
+        z = jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.result_type(x)), z)
         state = optimiser.init(z)
         history, best_z, best_loss = [], z, np.inf
         for i in range(steps):
