@@ -34,9 +34,14 @@ def main(argv=None):
     parser.add_argument("--export", default=None)
     parser.add_argument("--state-dir", default=None, help="resumable run saved here (see mscpk fit)")
     parser.add_argument("--hours", type=float, default=None, help="with --state-dir: stop after this long")
-    parser.add_argument("--chunk", type=int, default=100, help="with --state-dir: draws per saved piece")
-    parser.add_argument("--warmup-chunk", type=int, default=None, help="with --state-dir: warm-up piece size")
+    parser.add_argument("--chunk", type=int, default=25, help="with --state-dir: iterations per saved piece")
+    parser.add_argument(
+        "--warm-start", default=None, help="with --state-dir: start from an earlier run's saved state"
+    )
     args = parser.parse_args(argv)
+    # Equinox's runtime checks as NaN, not host callbacks: lets the persistent compilation
+    # cache keep the sampler's programs between the pieces of a resumable run (see README).
+    os.environ.setdefault("EQX_ON_ERROR", "nan")
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.chains}".strip()
@@ -77,8 +82,8 @@ def main(argv=None):
         cmd += ["--state-dir", args.state_dir, "--chunk", str(args.chunk)]
         if args.hours:
             cmd += ["--hours", str(args.hours)]
-        if args.warmup_chunk:
-            cmd += ["--warmup-chunk", str(args.warmup_chunk)]
+        if args.warm_start:
+            cmd += ["--warm-start", args.warm_start]
     t0 = time.perf_counter()
     rc = cli(cmd)
     wall = time.perf_counter() - t0

@@ -300,14 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--chunk",
         type=_positive_int("--chunk"),
-        default=100,
-        help="with --state-dir: draws per chain per saved piece (default: 100)",
+        default=25,
+        help="with --state-dir: iterations (warm-up or draws) per saved piece (default: 25)",
     )
     fit.add_argument(
-        "--warmup-chunk",
-        type=_positive_int("--warmup-chunk"),
+        "--warm-start",
         default=None,
-        help="with --state-dir: warm-up in saved pieces of this many iterations (default: one piece)",
+        help="with --state-dir: a saved file of an earlier run (its 'state': positions per chain, "
+        "step size, mass matrix) to start the chains and the adaptation from",
     )
     fit.add_argument(
         "--ppc-draws",
@@ -346,6 +346,9 @@ def cmd_fit(args) -> int:
 
     if args.hours is not None and not args.state_dir:
         raise ValueError("--hours: only with --state-dir (a stopped run must be saved to continue)")
+    if args.warm_start is not None and not args.state_dir:
+        raise ValueError("--warm-start: only with --state-dir")
+    warm_start = _warm_start(args.warm_start)
     table = load()
     if args.study:
         unknown = sorted(set(args.study) - set(table.study_id))
@@ -372,7 +375,7 @@ def cmd_fit(args) -> int:
             init=best.values,
             max_tree_depth=args.max_tree_depth,
             hours=args.hours,
-            warmup_chunk=args.warmup_chunk,
+            warm_start=warm_start,
             progress=True,
         )
         if idata is None:
@@ -413,6 +416,25 @@ def cmd_fit(args) -> int:
         for path in export(idata, problem, args.export):
             print(f"wrote {path}")
     return 0
+
+
+def _warm_start(path):
+    """The ``state`` saved in ``path`` (a file of an earlier resumable run), or ``None``."""
+    if path is None:
+        return None
+    import pickle
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise ValueError(f"--warm-start: no file {path}")
+    try:
+        with open(path, "rb") as f:
+            saved = pickle.load(f)
+    except Exception:  # not a pickle at all (any unpickling error)
+        saved = None
+    if not (isinstance(saved, dict) and hasattr(saved.get("state"), "adapt_state")):
+        raise ValueError(f"--warm-start: {path} holds no saved NUTS state")
+    return saved["state"]
 
 
 def _map_estimate(problem, key, args):

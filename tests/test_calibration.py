@@ -190,6 +190,11 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     assert "--study: unknown ['nobody2020']" in capsys.readouterr().err
     assert main(["fit", "--out", str(out), "--study", "toma2009", "--no-hierarchy", "--hours", "1"]) == 2
     assert "--hours: only with --state-dir" in capsys.readouterr().err
+    assert main(["fit", "--out", str(out), "--study", "toma2009", "--warm-start", str(out)]) == 2
+    assert "--warm-start: only with --state-dir" in capsys.readouterr().err
+    argv = ["fit", "--out", str(out), "--state-dir", str(tmp_path / "s"), "--warm-start", str(out)]
+    assert main([*argv, "--study", "toma2009", "--no-hierarchy"]) == 2
+    assert "holds no saved NUTS state" in capsys.readouterr().err
     assert main(["posterior", "summary", "--file", str(tmp_path / "missing.nc")]) == 2
 
 
@@ -257,36 +262,45 @@ def test_simulate_defaults_and_bands_come_from_the_posterior(monkeypatch, tmp_pa
 
 
 def test_resumable_nuts_continues_where_it_stopped(reduced, tmp_path):
-    """Staged warm-up and draws saved in pieces: runs stopped by ``hours`` (each call runs
-    one piece, then stops) are continued by the next call, a finished run is extended to
-    more draws keeping the draws it had, and other settings are refused."""
-    args = dict(chains=1, warmup=30, warmup_chunk=15, chunk=10, max_tree_depth=4, progress=False)
+    """One NumPyro warm-up schedule and the draws, saved in pieces: a run stopped by
+    ``hours`` (each call runs at least one piece) and continued with another ``chunk``
+    gives the draws of an uninterrupted run; ``draws`` can be raised later, keeping the
+    draws it had; the draws do not adapt; other settings are refused."""
+    args = dict(chains=1, warmup=30, max_tree_depth=4, progress=False)
     key = jax.random.PRNGKey(5)
-    stop = dict(hours=1e-9)  # over time after every piece
-    assert calfit.run_nuts_resumable(reduced, key, tmp_path, draws=20, **args, **stop) is None
-    assert [p.name for p in sorted(tmp_path.glob("*.pkl"))] == ["config.pkl", "warmup_0000.pkl"]
-    assert calfit.run_nuts_resumable(reduced, key, tmp_path, draws=20, **args, **stop) is None
-    assert (tmp_path / "warmup.pkl").exists() and len(list(tmp_path.glob("draws_*.pkl"))) == 1
-    first = calfit.run_nuts_resumable(reduced, key, tmp_path, draws=20, **args)
-    assert len(list(tmp_path.glob("draws_*.pkl"))) == 2
+    stopped, whole = tmp_path / "stopped", tmp_path / "whole"
+    assert calfit.run_nuts_resumable(reduced, key, stopped, draws=20, chunk=20, hours=1e-9, **args) is None
+    assert sorted(p.name for p in stopped.glob("*.pkl")) == ["config.pkl", "init.pkl", "piece_0000.pkl"]
+    first = calfit.run_nuts_resumable(reduced, key, stopped, draws=20, chunk=10, **args)
+    # pieces: warm-up 0-20 (stopped), 20-30, then draws 30-40, 40-50
+    assert len(list(stopped.glob("piece_*.pkl"))) == 4 and first.posterior.attrs["pieces"] == 4
+    uninterrupted = calfit.run_nuts_resumable(reduced, key, whole, draws=20, chunk=50, **args)
+    assert uninterrupted.posterior.attrs["pieces"] == 2  # warm-up, draws
     names = list(reduced.parameter_names)
     assert dict(first.posterior.sizes)["draw"] == 20 and set(names) <= set(first.posterior.data_vars)
-    longer = calfit.run_nuts_resumable(reduced, key, tmp_path, draws=25, **args)
-    assert dict(longer.posterior.sizes)["draw"] == 25 and len(list(tmp_path.glob("draws_*.pkl"))) == 3
+    for n in names:
+        np.testing.assert_allclose(first.posterior[n], uninterrupted.posterior[n], rtol=1e-9)
+    longer = calfit.run_nuts_resumable(reduced, key, stopped, draws=25, chunk=10, **args)
+    assert dict(longer.posterior.sizes)["draw"] == 25 and len(list(stopped.glob("piece_*.pkl"))) == 5
     for n in names:
         a, b = np.asarray(first.posterior[n]), np.asarray(longer.posterior[n])
         np.testing.assert_array_equal(b[:, :20], a)
         assert np.unique(b).size > 10  # the chain moves
     assert {"diverging", "n_steps", "lp"} <= set(longer.sample_stats.data_vars)
-    assert longer.posterior.attrs["pieces"] == 3
-    # The draws do not adapt: every piece keeps the warm-up's final step size and mass matrix.
+    # The warm-up adapts (its step size changes); the draws keep its final step size and mass matrix.
     import pickle
 
-    warm = pickle.loads((tmp_path / "warmup.pkl").read_bytes())["state"].adapt_state
-    for p in sorted(tmp_path.glob("draws_*.pkl")):
-        a = pickle.loads(p.read_bytes())["state"].adapt_state
+    pieces = [pickle.loads(p.read_bytes()) for p in sorted(stopped.glob("piece_*.pkl"))]
+    assert [p["phase"] for p in pieces] == ["warmup", "warmup", "draws", "draws", "draws"]
+    init = pickle.loads((stopped / "init.pkl").read_bytes())["state"].adapt_state
+    warm = pieces[1]["state"].adapt_state
+    assert float(warm.step_size) != float(init.step_size)
+    for p in pieces[2:]:
+        a = p["state"].adapt_state
         assert np.array_equal(np.asarray(a.step_size), np.asarray(warm.step_size))
         for k, v in a.inverse_mass_matrix.items():
             assert np.array_equal(np.asarray(v), np.asarray(warm.inverse_mass_matrix[k]))
     with pytest.raises(ValueError, match="holds a run with other settings \\(max_tree_depth\\)"):
-        calfit.run_nuts_resumable(reduced, key, tmp_path, draws=25, **{**args, "max_tree_depth": 5})
+        calfit.run_nuts_resumable(reduced, key, stopped, draws=25, **{**args, "max_tree_depth": 5})
+    with pytest.raises(ValueError, match="chunk: expected an integer >= 1"):
+        calfit.run_nuts_resumable(reduced, key, stopped, draws=25, chunk=0, **args)

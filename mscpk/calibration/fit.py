@@ -251,6 +251,7 @@ def _load(path: Path):
 
 def _run_config(problem, chains, warmup, max_tree_depth, target_accept, key) -> dict:
     return {
+        "format": 2,  # 1: the staged warm-up of session 5-8 (pieces re-adapting from scratch)
         "chains": chains,
         "warmup": warmup,
         "max_tree_depth": max_tree_depth,
@@ -265,6 +266,17 @@ def _run_config(problem, chains, warmup, max_tree_depth, target_accept, key) -> 
     }
 
 
+def _unconstrained(problem, values: dict):
+    """``values`` (constrained, e.g. a MAP) on NUTS's unconstrained scale."""
+    info = initialize_model(
+        jax.random.PRNGKey(0),
+        problem.model,
+        init_strategy=init_to_value(values=values),
+        validate_grad=False,
+    )
+    return info.param_info.z
+
+
 def run_nuts_resumable(
     problem: CalibrationProblem,
     key,
@@ -272,47 +284,51 @@ def run_nuts_resumable(
     chains: int = 4,
     warmup: int = 500,
     draws: int = 1000,
-    chunk: int = 100,
+    chunk: int = 25,
     init: dict | None = None,
     chain_method: str | None = None,
     max_tree_depth: int = 8,
     target_accept: float = 0.8,
     hours: float | None = None,
-    warmup_chunk: int | None = None,
+    warm_start=None,
     progress: bool = True,
 ) -> az.InferenceData | None:
-    """NUTS as :func:`run_nuts`, but saved to ``directory`` as it goes, so that a run
-    longer than one process can live (hours on a 2-core CPU) is continued by calling
-    again with the same arguments.
+    """NUTS as :func:`run_nuts`, saved to ``directory`` as it goes, so that a run longer
+    than one process can live (hours on a 2-core CPU) is continued by calling again with
+    the same arguments.
 
-    The warm-up runs in one piece, or with ``warmup_chunk`` in pieces of that many
-    iterations, each saved and each starting from the positions, step size and (diagonal)
-    mass matrix its predecessor adapted (averaged over chains; every piece adapts anew
-    with NumPyro's windowed schedule, so it is a staged warm-up). Its final state is
-    saved; the draws are then taken in pieces of ``chunk`` iterations from the saved
-    state of the previous piece (NumPyro's ``post_warmup_state``), each piece saved on
-    completion. A stopped process loses at most the piece it was in. ``hours``: stop
-    after the first piece that ends past this wall time (and return ``None``; every
-    call runs at least one piece); ``draws``
-    may be raised on a later call to extend the run. The run's settings are checked
-    against the saved ones (a mismatch is a ``ValueError``). Returns the
-    ``InferenceData`` of all ``draws`` once they are collected.
+    The run is NumPyro's own warm-up (one adaptation schedule over ``warmup``
+    iterations) followed by the draws, cut into pieces of at most ``chunk`` iterations:
+    each piece starts from the saved state of the previous one (positions, adaptation
+    state with its window counter, and the chains' own random keys) and is saved when it
+    ends. So a stopped process loses at most one piece, and how the run is cut (the
+    ``chunk``, where it stopped) does not change its result. ``hours``: stop after the
+    first piece that ends past this wall time (and return ``None``; every call runs at
+    least one piece); ``draws`` may be raised on a later call to extend the run; the
+    other settings are checked against the saved ones (a mismatch is a ``ValueError``).
+
+    ``warm_start``: an earlier run's ``HMCState`` (batched over the same number of chains):
+    the chains start at its positions, and the adaptation from its step size and mean
+    inverse mass matrix (it adapts anew over ``warmup``). Returns the ``InferenceData`` of
+    all ``draws`` once they are collected.
     """
     _check_nuts_args(problem, chains, warmup, draws, max_tree_depth, target_accept)
     _check_int("chunk", chunk, 1)
-    if warmup_chunk is not None:
-        _check_int("warmup_chunk", warmup_chunk, 1)
     if hours is not None and not hours > 0:
         raise ValueError(f"hours: must be > 0, got {hours!r}")
     method = _chain_method(chains, chain_method)
+    if method == "vectorized":
+        raise ValueError(
+            "chain_method: 'vectorized' is not supported by the resumable run; use parallel or sequential"
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = _run_config(problem, chains, warmup, max_tree_depth, target_accept, key)
-    config["warmup_chunk"] = warmup_chunk
+    config["warm_start"] = warm_start is not None
     config_file = directory / "config.pkl"
     if config_file.exists():
         saved = _load(config_file)
-        changed = sorted(k for k in config if saved.get(k) != config[k])
+        changed = sorted(k for k in config.keys() | saved.keys() if saved.get(k) != config.get(k))
         if changed:
             raise ValueError(
                 f"directory: {directory} holds a run with other settings ({', '.join(changed)}); "
@@ -321,23 +337,36 @@ def run_nuts_resumable(
     else:
         _save(config_file, config)
     t_start = time.perf_counter()
-
-    def over_time():
-        return hours is not None and time.perf_counter() - t_start > 3600.0 * hours
-
     start = problem.prior_median() if init is None else {k: jnp.asarray(v) for k, v in init.items()}
+    adapted = _adapted(warm_start, chains)
 
+    init_file = directory / "init.pkl"
+    if not init_file.exists():
+        t0 = time.perf_counter()
+        if warm_start is not None:
+            z0 = {k: jnp.asarray(v) for k, v in warm_start.z.items()}
+            lead = {np.shape(v)[0] if chains > 1 else None for v in z0.values()}
+            if chains > 1 and lead != {chains}:
+                raise ValueError(
+                    f"warm_start: expected positions of {chains} chains, got leading sizes {lead}"
+                )
+        else:
+            z = _unconstrained(problem, start)
+            z0 = z if chains == 1 else jax.tree.map(lambda x: jnp.broadcast_to(x, (chains, *jnp.shape(x))), z)
+        keys = key if chains == 1 else jax.random.split(key, chains)
+        # A kernel of its own: with a batch of keys, `init` swaps in a vmapped sample function.
+        kernel = _kernel(problem, start, max_tree_depth, target_accept, **adapted)
+        state = kernel.init(keys, warmup, init_params=z0, model_args=(), model_kwargs={})
+        _save(init_file, {"state": jax.device_get(state), "seconds": time.perf_counter() - t0})
     samplers: dict[int, MCMC] = {}
 
-    def sampler(n, adapted_for):
-        # One MCMC per piece length (its compiled sampler is reused). ``adapted_for``: the
-        # warm-up length the saved state went through (its iteration counter): NumPyro
-        # adapts while the counter is below the kernel's num_warmup, so the draws' kernel
-        # must be given exactly that length, or draws would go on adapting.
+    def sampler(n):
+        # The kernel's num_warmup is the run's: NumPyro adapts while the state's counter
+        # is below it, so a piece continues the one schedule, and draws do not adapt.
         if n not in samplers:
             samplers[n] = MCMC(
-                _kernel(problem, start, max_tree_depth, target_accept),
-                num_warmup=adapted_for,
+                _kernel(problem, start, max_tree_depth, target_accept, **adapted),
+                num_warmup=warmup,
                 num_samples=n,
                 num_chains=chains,
                 chain_method=method,
@@ -345,82 +374,46 @@ def run_nuts_resumable(
             )
         return samplers[n]
 
-    warm_file = directory / "warmup.pkl"
-    if not warm_file.exists():
-        done = sorted(directory.glob("warmup_*.pkl"))
-        finished = sum(_load(p)["n"] for p in done)
-        while finished < warmup:
-            n = min(warmup if warmup_chunk is None else warmup_chunk, warmup - finished)
-            prev = _load(done[-1])["state"] if done else None
-            kernel = _kernel(problem, start, max_tree_depth, target_accept, **_adapted(prev, chains))
-            mcmc = MCMC(
-                kernel,
-                num_warmup=n,
-                num_samples=1,
-                num_chains=chains,
-                chain_method=method,
-                progress_bar=progress,
-            )
-            t0 = time.perf_counter()
-            mcmc.warmup(
-                jax.random.fold_in(key, 0) if not done else jax.random.fold_in(key, 10_000 + len(done)),
-                init_params=None if prev is None else prev.z,
-                collect_warmup=False,
-            )
-            path = directory / f"warmup_{len(done):04d}.pkl"
-            _save(
-                path,
-                {
-                    "state": jax.device_get(mcmc.post_warmup_state),
-                    "n": n,
-                    "seconds": time.perf_counter() - t0,
-                },
-            )
-            done.append(path)
-            finished += n
-            if finished < warmup and over_time():
-                return None
-        pieces_w = [_load(p) for p in done]
-        _save(warm_file, {"state": pieces_w[-1]["state"], "seconds": sum(x["seconds"] for x in pieces_w)})
-    pieces = sorted(directory.glob("draws_*.pkl"))
-    warm_state = _load(warm_file)["state"]
-    adapted_for = int(np.max(np.asarray(warm_state.i)))
-    state = _load(pieces[-1])["state"] if pieces else warm_state
-    collected = sum(_load(p)["n"] for p in pieces)
-    while collected < draws:
-        n = min(chunk, draws - collected)
-        mcmc = sampler(n, adapted_for)
+    pieces = sorted(directory.glob("piece_*.pkl"))
+    state = _load(pieces[-1] if pieces else init_file)["state"]
+    while True:
+        done = int(np.min(np.asarray(state.i)))
+        if done >= warmup + draws:
+            break
+        n = min(chunk, warmup - done) if done < warmup else min(chunk, warmup + draws - done)
+        mcmc = sampler(n)
         mcmc.post_warmup_state = state
         t0 = time.perf_counter()
-        mcmc.run(jax.random.fold_in(key, len(pieces) + 1), extra_fields=EXTRA_FIELDS)
-        extra = mcmc.get_extra_fields(group_by_chain=True)
+        mcmc.run(state.rng_key, extra_fields=EXTRA_FIELDS)  # the chains' own keys go on
         state = jax.device_get(mcmc.last_state)
         piece = {
+            "first": done,
             "n": n,
+            "phase": "warmup" if done < warmup else "draws",
             "samples": jax.device_get(mcmc.get_samples(group_by_chain=True)),
-            "extra": {k: np.asarray(v) for k, v in extra.items()},
+            "extra": {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()},
             "state": state,
             "seconds": time.perf_counter() - t0,
         }
-        path = directory / f"draws_{len(pieces):04d}.pkl"
+        path = directory / f"piece_{len(pieces):04d}.pkl"
         _save(path, piece)
         pieces.append(path)
-        collected += n
-        if collected < draws and over_time():
+        if done + n < warmup + draws and hours is not None and time.perf_counter() - t_start > 3600.0 * hours:
             return None
-    return _from_pieces(problem, directory, pieces, draws, method, warmup)
+    return _from_pieces(problem, directory, pieces, warmup, draws, method)
 
 
 def _from_pieces(
-    problem, directory: Path, pieces: list, draws: int, method: str, warmup: int
+    problem, directory: Path, pieces: list, warmup: int, draws: int, method: str
 ) -> az.InferenceData:
-    """InferenceData of the first ``draws`` saved draws per chain."""
+    """InferenceData of the first ``draws`` draws per chain (iterations ``warmup`` on)."""
     loaded = [_load(p) for p in pieces]
+    kept = [x for x in loaded if x["phase"] == "draws"]
 
     def cat(get):
-        return np.concatenate([get(x) for x in loaded], axis=1)[:, :draws]
+        return np.concatenate([get(x) for x in kept], axis=1)[:, :draws]
 
-    posterior = {k: cat(lambda x, k=k: np.asarray(x["samples"][k])) for k in loaded[0]["samples"]}
+    posterior = {k: cat(lambda x, k=k: np.asarray(x["samples"][k])) for k in kept[0]["samples"]}
     stats = {
         "diverging": cat(lambda x: x["extra"]["diverging"]),
         "n_steps": cat(lambda x: x["extra"]["num_steps"]),
@@ -432,10 +425,16 @@ def _from_pieces(
         coords={"study": list(problem.study_ids)},
         dims=_dims(problem),
     )
-    seconds = _load(directory / "warmup.pkl")["seconds"] + sum(x["seconds"] for x in loaded)
-    return _with_attrs(
-        idata, problem, {"seconds": seconds, "chain_method": method, "warmup": warmup, "pieces": len(loaded)}
-    )
+    warm = [x for x in loaded if x["phase"] == "warmup"]
+    seconds = _load(directory / "init.pkl")["seconds"] + sum(x["seconds"] for x in loaded)
+    attrs = {
+        "seconds": seconds,
+        "chain_method": method,
+        "warmup": warmup,
+        "pieces": len(loaded),
+        "warmup_divergences": int(sum(np.asarray(x["extra"]["diverging"]).sum() for x in warm)),
+    }
+    return _with_attrs(idata, problem, attrs)
 
 
 def summary(idata: az.InferenceData, var_names=None, hdi_prob: float = 0.9):
