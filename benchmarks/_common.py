@@ -29,6 +29,8 @@ def environment() -> dict:
         "device": f"{device.platform}:{device.device_kind}",
         "device_count": jax.device_count(),
         "date": time.strftime("%Y-%m-%d"),
+        # "nan" lets the persistent compilation cache store solver programs (README).
+        "eqx_on_error": os.environ.get("EQX_ON_ERROR", "raise"),
     }
 
 
