@@ -358,22 +358,7 @@ def run_nuts_resumable(
         kernel = _kernel(problem, start, max_tree_depth, target_accept, **adapted)
         state = kernel.init(keys, warmup, init_params=z0, model_args=(), model_kwargs={})
         _save(init_file, {"state": jax.device_get(state), "seconds": time.perf_counter() - t0})
-    samplers: dict[int, MCMC] = {}
-
-    def sampler(n):
-        # The kernel's num_warmup is the run's: NumPyro adapts while the state's counter
-        # is below it, so a piece continues the one schedule, and draws do not adapt.
-        if n not in samplers:
-            samplers[n] = MCMC(
-                _kernel(problem, start, max_tree_depth, target_accept, **adapted),
-                num_warmup=warmup,
-                num_samples=n,
-                num_chains=chains,
-                chain_method=method,
-                progress_bar=progress,
-            )
-        return samplers[n]
-
+    run_piece = _piece_runner(problem, start, max_tree_depth, target_accept, adapted, warmup, chains, method)
     pieces = sorted(directory.glob("piece_*.pkl"))
     state = _load(pieces[-1] if pieces else init_file)["state"]
     while True:
@@ -381,26 +366,74 @@ def run_nuts_resumable(
         if done >= warmup + draws:
             break
         n = min(chunk, warmup - done) if done < warmup else min(chunk, warmup + draws - done)
-        mcmc = sampler(n)
-        mcmc.post_warmup_state = state
         t0 = time.perf_counter()
-        mcmc.run(state.rng_key, extra_fields=EXTRA_FIELDS)  # the chains' own keys go on
-        state = jax.device_get(mcmc.last_state)
+        state, samples, extra = run_piece(state, n)
         piece = {
             "first": done,
             "n": n,
             "phase": "warmup" if done < warmup else "draws",
-            "samples": jax.device_get(mcmc.get_samples(group_by_chain=True)),
-            "extra": {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()},
+            "samples": samples,
+            "extra": extra,
             "state": state,
             "seconds": time.perf_counter() - t0,
         }
+        if progress:
+            print(
+                f"NUTS {piece['phase']} iterations {done}-{done + n} of {warmup + draws}: "
+                f"{piece['seconds']:.0f} s, leapfrog steps per iteration {extra['num_steps'].mean():.1f}, "
+                f"divergences {int(extra['diverging'].sum())}",
+                flush=True,
+            )
         path = directory / f"piece_{len(pieces):04d}.pkl"
         _save(path, piece)
         pieces.append(path)
         if done + n < warmup + draws and hours is not None and time.perf_counter() - t_start > 3600.0 * hours:
             return None
     return _from_pieces(problem, directory, pieces, warmup, draws, method)
+
+
+def _piece_runner(problem, start, max_tree_depth, target_accept, adapted, warmup, chains, method):
+    """``run(state, n) -> (state, samples, extra)``: ``n`` NUTS iterations of every chain
+    from ``state`` (batched over chains when ``chains > 1``), the draws constrained and
+    grouped by chain, as NumPy. The state is an argument of the compiled loop (NumPyro's
+    ``MCMC.run`` closes over it, so each piece was a new program: ~20 s to compile on the
+    reduced problem, and no persistent-cache hit), so one compilation per piece length
+    serves every piece. The kernel's ``num_warmup`` is the run's: it adapts while the
+    state's counter is below it, so pieces continue the one schedule and draws do not
+    adapt."""
+    kernel = _kernel(problem, start, max_tree_depth, target_accept, **adapted)
+    # Sets up the kernel's (one-chain) sample function with the run's warm-up length.
+    kernel.init(
+        jax.random.PRNGKey(0),
+        warmup,
+        init_params=_unconstrained(problem, start),
+        model_args=(),
+        model_kwargs={},
+    )
+    constrain = kernel.postprocess_fn((), {})
+
+    def one_chain(state, n):
+        def body(s, _):
+            s = kernel.sample(s, (), {})
+            return s, (s.z, s.diverging, s.num_steps, s.potential_energy)
+
+        state, (z, div, steps, pe) = jax.lax.scan(body, state, None, length=n)
+        return state, jax.vmap(constrain)(z), {"diverging": div, "num_steps": steps, "potential_energy": pe}
+
+    if chains == 1:
+        compiled = jax.jit(one_chain, static_argnums=1)
+    elif method == "parallel":
+        compiled = jax.pmap(one_chain, static_broadcasted_argnums=1)
+    else:  # sequential
+        compiled = jax.jit(lambda s, n: jax.lax.map(lambda x: one_chain(x, n), s), static_argnums=1)
+
+    def run(state, n):
+        state, samples, extra = jax.device_get(compiled(state, n))
+        if chains == 1:  # group by chain, as for several
+            samples, extra = jax.tree.map(lambda x: np.asarray(x)[None], (samples, extra))
+        return state, samples, {k: np.asarray(v) for k, v in extra.items()}
+
+    return run
 
 
 def _from_pieces(
