@@ -152,8 +152,9 @@ def _kernel(problem, start: dict, max_tree_depth: int, target_accept: float, **a
 
 
 def _adapted(state, chains: int) -> dict:
-    """Step size and (diagonal) inverse mass matrix adapted by an earlier warm-up piece, as
-    starting values of the next (geometric mean / mean over chains); ``{}`` for none."""
+    """Step size and (diagonal) inverse mass matrix of an earlier run's saved state, as the
+    starting values of a new run's adaptation (geometric mean / mean over chains); ``{}``
+    for none."""
     if state is None:
         return {}
     a = state.adapt_state
@@ -251,7 +252,7 @@ def _load(path: Path):
 
 def _run_config(problem, chains, warmup, max_tree_depth, target_accept, key) -> dict:
     return {
-        "format": 2,  # 1: the staged warm-up of session 5-8 (pieces re-adapting from scratch)
+        "format": 2,  # 1: the staged warm-up of sessions 6-8 (each piece re-adapting from scratch)
         "chains": chains,
         "warmup": warmup,
         "max_tree_depth": max_tree_depth,
