@@ -340,6 +340,7 @@ def run_nuts_resumable(
     t_start = time.perf_counter()
     start = problem.prior_median() if init is None else {k: jnp.asarray(v) for k, v in init.items()}
     adapted = _adapted(warm_start, chains)
+    z_start = _unconstrained(problem, start)
 
     init_file = directory / "init.pkl"
     if not init_file.exists():
@@ -352,14 +353,16 @@ def run_nuts_resumable(
                     f"warm_start: expected positions of {chains} chains, got leading sizes {lead}"
                 )
         else:
-            z = _unconstrained(problem, start)
+            z = z_start
             z0 = z if chains == 1 else jax.tree.map(lambda x: jnp.broadcast_to(x, (chains, *jnp.shape(x))), z)
         keys = key if chains == 1 else jax.random.split(key, chains)
         # A kernel of its own: with a batch of keys, `init` swaps in a vmapped sample function.
         kernel = _kernel(problem, start, max_tree_depth, target_accept, **adapted)
         state = kernel.init(keys, warmup, init_params=z0, model_args=(), model_kwargs={})
         _save(init_file, {"state": jax.device_get(state), "seconds": time.perf_counter() - t0})
-    run_piece = _piece_runner(problem, start, max_tree_depth, target_accept, adapted, warmup, chains, method)
+    run_piece = _piece_runner(
+        problem, start, z_start, max_tree_depth, target_accept, adapted, warmup, chains, method
+    )
     pieces = sorted(directory.glob("piece_*.pkl"))
     state = _load(pieces[-1] if pieces else init_file)["state"]
     while True:
@@ -393,7 +396,7 @@ def run_nuts_resumable(
     return _from_pieces(problem, directory, pieces, warmup, draws, method)
 
 
-def _piece_runner(problem, start, max_tree_depth, target_accept, adapted, warmup, chains, method):
+def _piece_runner(problem, start, z_start, max_tree_depth, target_accept, adapted, warmup, chains, method):
     """``run(state, n) -> (state, samples, extra)``: ``n`` NUTS iterations of every chain
     from ``state`` (batched over chains when ``chains > 1``), the draws constrained and
     grouped by chain, as NumPy. The state is an argument of the compiled loop (NumPyro's
@@ -407,7 +410,7 @@ def _piece_runner(problem, start, max_tree_depth, target_accept, adapted, warmup
     kernel.init(
         jax.random.PRNGKey(0),
         warmup,
-        init_params=_unconstrained(problem, start),
+        init_params=z_start,
         model_args=(),
         model_kwargs={},
     )
