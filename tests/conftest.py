@@ -70,3 +70,26 @@ def random_parameters(key, base: mscpk.KineticParameters) -> mscpk.KineticParame
         else:
             out.append(leaf * jnp.exp(0.5 * jax.random.normal(k, jnp.shape(leaf))))
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+#: Tests that take a minute or more on the 2-core CI machine (``pytest --durations``,
+#: 2026-11-23), longest first. They are collected first: pytest-xdist's work stealing
+#: (``make test``: ``-n auto --dist worksteal``) hands each worker a contiguous half of the
+#: collection and moves not-yet-started tests from the end of one queue to an idle worker,
+#: so long tests at the front cannot end up as one worker's last job while the other
+#: worker idles.
+LONG_TESTS = (
+    "test_notebook_executes[05_calibration.ipynb]",
+    "test_recovery_small",
+    "test_cli_fit_one_study_and_posterior_summary",
+    "test_resumable_nuts_continues_where_it_stopped",
+    "test_notebook_executes[02_mechanisms.ipynb]",
+    "test_likelihood_and_gradient_finite_and_match_finite_differences",
+    "test_notebook_executes[01_quickstart.ipynb]",
+    "test_gradient_every_model_parameter",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_TESTS)}
+    items.sort(key=lambda item: rank.get(item.name, len(LONG_TESTS)))  # stable: others keep their order

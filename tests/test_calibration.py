@@ -149,6 +149,8 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
         "2",
         "--map-steps",
         "5",
+        "--ppc-draws",
+        "10",
     ]
     assert main(argv) == 0
     text = capsys.readouterr().out
