@@ -16,8 +16,8 @@ Keys (each measured in this one run; ratios side by side):
   (``jax.value_and_grad``) and forward mode (``jax.jacfwd`` with
   ``SolverConfig(adjoint="forward")``).
 - ``compile_cold_s`` / ``compile_warm_s``: first call of ``mscpk.simulate()`` in a fresh
-  process with an empty / a filled persistent compilation cache (also reported for the
-  likelihood's value + gradient).
+  process with an empty / a filled persistent compilation cache (warm: median of three
+  fresh processes; also reported for the likelihood's value + gradient).
 - ``solver_over_expm``: adaptive solve over the matrix-exponential solution of the
   linear configuration (``Mechanisms.none()``), per subject, vmapped batches.
 - ``nuts_s_per_ess``: NUTS wall seconds (warm-up + draws) per bulk effective sample of
@@ -179,21 +179,29 @@ _BODIES = {
 }
 
 
-def bench_compile(python=sys.executable, what=("simulate", "likelihood_value_and_grad")) -> dict:
-    """First call in a fresh process: empty cache (cold), then the same cache (warm)."""
+def bench_compile(
+    python=sys.executable, what=("simulate", "likelihood_value_and_grad"), warm_runs: int = 3
+) -> dict:
+    """First call in a fresh process: empty cache (cold), then ``warm_runs`` more fresh
+    processes on the same cache (warm: their median; all runs are kept)."""
     out = {}
     for name in what:
         code = _COMPILE_SNIPPET.format(body=_BODIES[name])
         with tempfile.TemporaryDirectory() as cache:
             times = []
-            for _ in range(2):
+            for _ in range(1 + warm_runs):
                 run = subprocess.run(
                     [python, "-c", code], capture_output=True, text=True, env=_subprocess_env(cache)
                 )
                 if run.returncode != 0:
                     raise RuntimeError(f"compile benchmark {name!r} failed:\n{run.stderr[-3000:]}")
                 times.append(float(run.stdout.split("SECONDS")[-1]))
-            out[name] = {"cold_s": times[0], "warm_s": times[1], "cache_files": len(os.listdir(cache))}
+            out[name] = {
+                "cold_s": times[0],
+                "warm_s": float(np.median(times[1:])),
+                "warm_runs_s": times[1:],
+                "cache_files": len(os.listdir(cache)),
+            }
     return out
 
 
