@@ -323,10 +323,16 @@ def main(argv=None):
             return done[name]
         print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
         done[name] = compute()
+        # When and how each section was measured: with --resume, latest.json can mix runs.
+        done.setdefault("_measured", {})[name] = {
+            "at": time.strftime("%Y-%m-%d %H:%M"),
+            "eqx_on_error": os.environ.get("EQX_ON_ERROR", "raise"),
+        }
         partial.write_text(json.dumps(done, indent=2) + "\n")
         return done[name]
 
     result = {"benchmark": "mscpk suite (benchmarks/suite.py)", **environment()}
+    result["sections_measured"] = done.setdefault("_measured", {})
     scipy = section("scipy", lambda: bench_scipy(args.scipy_subjects))
     sizes = sorted(set(args.scaling) | {args.subjects})
     cores = os.cpu_count()  # every core a JAX device (shard_map over them)
