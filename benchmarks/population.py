@@ -39,6 +39,13 @@ def main(argv=None):
     parser.add_argument(
         "--atol", type=float, default=None, help="fraction of the dose; default: SolverConfig's"
     )
+    parser.add_argument(
+        "--first",
+        type=int,
+        default=0,
+        help="index of the first subject: a large N run as index ranges in separate processes "
+        "(the union is the population of one run)",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     model = mscpk.build_model("mouse", "bm_msc")
@@ -63,12 +70,15 @@ def main(argv=None):
             compile_s = time.perf_counter() - t0
             compiled.add(chunk)
         t0 = time.perf_counter()
-        result = simulate_population(model, regimen, times, t_end, n, key, chunk_size=chunk, solver=solver)
+        result = simulate_population(
+            model, regimen, times, t_end, n, key, chunk_size=chunk, solver=solver, first=args.first
+        )
         wall = time.perf_counter() - t0
         lung = result.quantiles((0.05, 0.5, 0.95))[("viable_cells", "lung")]
         runs.append(
             {
                 "subjects": n,
+                "first_subject": args.first,
                 "chunk": chunk,
                 "wall_s": wall,
                 "subjects_per_s": n / wall,

@@ -267,8 +267,10 @@ def simulate_population(
     solver: SolverConfig | None = None,
     on_failure: str = "raise",
     devices=None,
+    first: int = 0,
 ) -> PopulationResult:
-    """Simulate ``n`` virtual subjects of ``model`` given ``regimen``.
+    """Simulate ``n`` virtual subjects of ``model`` given ``regimen``: subjects ``first``
+    to ``first + n - 1`` of ``key``.
 
     - ``times_h``: output times (h) in ``[0, t_end_h]``.
     - ``outputs``: (quantity, organ) pairs kept per subject (:data:`mscpk.QUANTITIES`,
@@ -289,6 +291,9 @@ def simulate_population(
       On several hosts, start each process with ``jax.distributed.initialize()`` and give
       each its share of subjects (e.g. ``key`` folded with ``jax.process_index()``, or
       disjoint index ranges); every host then simulates over its own local devices.
+    - ``first``: index of the first subject. Subject ``i`` is drawn from ``fold_in(key, i)``,
+      so a population split into index ranges (``first=0, n=k`` and ``first=k, n=N-k``;
+      separate processes, hosts or sessions) is the population of one call, row for row.
     """
     from .api import SolveError
     from .dosing.regimen import Regimen
@@ -299,6 +304,10 @@ def simulate_population(
         raise TypeError(f"regimen: expected a Regimen, got {type(regimen).__name__}")
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
         raise ValueError(f"n: expected an integer >= 1, got {n!r}")
+    if isinstance(first, bool) or not isinstance(first, int | np.integer) or first < 0:
+        raise ValueError(f"first: expected an integer >= 0, got {first!r}")
+    if first + n > 2**32:
+        raise ValueError(f"first + n: subject indices are uint32, got first={first} n={n} (> 2**32)")
     if chunk_size is not None and (
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or chunk_size < 1
     ):
@@ -328,7 +337,7 @@ def simulate_population(
     t0 = time.perf_counter()
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        keys = subject_keys(key, start, start + chunk)
+        keys = subject_keys(key, first + start, first + start + chunk)
         series, ok, ns = _chunk(model, variability, table, t_jax, t_end, solver, keys, columns, mesh)
         m = stop - start
         values[:, start:stop] = np.moveaxis(np.asarray(series[:m]), 1, 0)
@@ -339,7 +348,7 @@ def simulate_population(
         failed = np.flatnonzero(~success)
         if on_failure == "raise":
             raise SolveError(
-                f"the ODE solve failed for {failed.size} of {n} subjects (first: {failed[:10].tolist()}); "
+                f"the ODE solve failed for {failed.size} of {n} subjects (subject indices: {(first + failed[:10]).tolist()}); "
                 "use on_failure='mask' to keep the others, or a larger max_steps"
             )
         values[:, failed] = np.nan
@@ -352,6 +361,7 @@ def simulate_population(
         chunk_size=chunk,
         meta={
             "n": n,
+            "first": int(first),
             "variability": variability,
             "outputs": outputs,
             "t_end_h": float(t_end_h),

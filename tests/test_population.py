@@ -54,6 +54,20 @@ def test_same_key_same_population_whatever_the_chunking(mouse_model, population)
     assert q.shape == (3, TIMES.size) and np.all(q[0] <= q[1]) and np.all(q[1] <= q[2])
 
 
+def test_index_ranges_of_one_key_make_up_the_population(mouse_model, population):
+    """Subjects 0-9 and 10-23 in two calls (``first``) are the 24 of one call, row for row,
+    as separate processes or hosts would compute them."""
+    args = (mouse_model, mscpk.Regimen.bolus(1e6), TIMES, 48.0)
+    kw = dict(outputs=OUTPUTS, chunk_size=10)
+    head = simulate_population(*args, 10, jax.random.PRNGKey(7), **kw)
+    tail = simulate_population(*args, 14, jax.random.PRNGKey(7), first=10, **kw)
+    assert tail.meta["first"] == 10 and tail.n == 14
+    for k in OUTPUTS:
+        joined = np.concatenate([head.values[k], tail.values[k]])
+        np.testing.assert_allclose(joined, population.values[k], rtol=1e-9, atol=1e-6)
+    np.testing.assert_array_equal(np.concatenate([head.n_steps, tail.n_steps]), population.n_steps)
+
+
 def test_subject_draws_are_bit_identical_for_the_same_key(mouse_model):
     keys = subject_keys(jax.random.PRNGKey(3), 0, 5)
     a = jax.vmap(lambda k: subject(mouse_model, k).species.body_weight_g)(keys)
@@ -109,6 +123,8 @@ def test_failed_subjects_raise_or_are_masked(mouse_model):
     args = (mouse_model, mscpk.Regimen.bolus(1e6), TIMES, 48.0, 4, jax.random.PRNGKey(0))
     with pytest.raises(mscpk.SolveError, match="failed for 4 of 4 subjects"):
         simulate_population(*args, solver=tight, outputs=OUTPUTS)
+    with pytest.raises(mscpk.SolveError, match=r"subject indices: \[100, 101, 102, 103\]"):
+        simulate_population(*args, solver=tight, outputs=OUTPUTS, first=100)
     masked = simulate_population(*args, solver=tight, outputs=OUTPUTS, on_failure="mask")
     assert not masked.success.any() and np.isnan(masked.values[OUTPUTS[0]]).all()
 
@@ -121,6 +137,8 @@ def test_failed_subjects_raise_or_are_masked(mouse_model):
         ({"outputs": (("viable", "lung"),)}, "outputs: unknown quantity 'viable'"),
         ({"outputs": (("viable_cells", "brainstem"),)}, "outputs: 'viable_cells' has no output 'brainstem'"),
         ({"on_failure": "ignore"}, "on_failure: 'ignore'"),
+        ({"first": -1}, "first: expected an integer >= 0, got -1"),
+        ({"first": 2**32 - 1}, "first \\+ n: subject indices are uint32"),
         ({"times_h": [0.0, 99.0]}, "times_h: expected a non-empty 1-D array of hours in"),
     ],
 )
