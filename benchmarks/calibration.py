@@ -28,6 +28,7 @@ def main(argv=None):
     parser.add_argument("--map-restarts", type=int, default=4)
     parser.add_argument("--map-steps", type=int, default=200)
     parser.add_argument("--max-tree-depth", type=int, default=8)
+    parser.add_argument("--target-accept", type=float, default=0.8)
     parser.add_argument("--study", action="append", default=None)
     parser.add_argument("--no-hierarchy", action="store_true")
     parser.add_argument("--out", default="posterior.nc")
@@ -71,6 +72,8 @@ def main(argv=None):
         str(args.map_steps),
         "--max-tree-depth",
         str(args.max_tree_depth),
+        "--target-accept",
+        str(args.target_accept),
     ]
     for s in args.study or []:
         cmd += ["--study", s]

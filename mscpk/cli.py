@@ -285,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--no-hierarchy", action="store_true", help="no study-level effects")
     fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     fit.add_argument("--max-tree-depth", type=_positive_int("--max-tree-depth"), default=8)
+    fit.add_argument(
+        "--target-accept",
+        type=float,
+        default=0.8,
+        help="NUTS target acceptance probability in (0, 1) (default 0.8; higher: smaller steps, fewer divergences)",
+    )
     fit.add_argument("--export", default=None, help="directory to write shipped-defaults files into")
     fit.add_argument(
         "--state-dir",
@@ -344,6 +350,8 @@ def cmd_fit(args) -> int:
     from .evidence import load
     from .evidence.likelihood import EvidenceLikelihood
 
+    if not 0.0 < args.target_accept < 1.0:
+        raise ValueError(f"--target-accept: must be in (0, 1), got {args.target_accept!r}")
     if args.hours is not None and not args.state_dir:
         raise ValueError("--hours: only with --state-dir (a stopped run must be saved to continue)")
     if args.warm_start is not None and not args.state_dir:
@@ -374,6 +382,7 @@ def cmd_fit(args) -> int:
             chunk=args.chunk,
             init=best.values,
             max_tree_depth=args.max_tree_depth,
+            target_accept=args.target_accept,
             hours=args.hours,
             warm_start=warm_start,
             progress=True,
@@ -392,6 +401,7 @@ def cmd_fit(args) -> int:
             args.draws,
             init=best.values,
             max_tree_depth=args.max_tree_depth,
+            target_accept=args.target_accept,
             progress=True,
         )
     idata.posterior.attrs["map_seconds"] = best.seconds

@@ -192,6 +192,8 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     assert "--study: unknown ['nobody2020']" in capsys.readouterr().err
     assert main(["fit", "--out", str(out), "--study", "toma2009", "--no-hierarchy", "--hours", "1"]) == 2
     assert "--hours: only with --state-dir" in capsys.readouterr().err
+    assert main(["fit", "--out", str(out), "--study", "toma2009", "--target-accept", "1.5"]) == 2
+    assert "--target-accept: must be in (0, 1), got 1.5" in capsys.readouterr().err
     assert main(["fit", "--out", str(out), "--study", "toma2009", "--warm-start", str(out)]) == 2
     assert "--warm-start: only with --state-dir" in capsys.readouterr().err
     argv = ["fit", "--out", str(out), "--state-dir", str(tmp_path / "s"), "--warm-start", str(out)]
