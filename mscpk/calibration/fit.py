@@ -414,14 +414,12 @@ def _piece_runner(problem, start, z_start, max_tree_depth, target_accept, adapte
     state's counter is below it, so pieces continue the one schedule and draws do not
     adapt."""
     kernel = _kernel(problem, start, max_tree_depth, target_accept, **adapted)
-    # Sets up the kernel's (one-chain) sample function with the run's warm-up length.
-    kernel.init(
-        jax.random.PRNGKey(0),
-        warmup,
-        init_params=z_start,
-        model_args=(),
-        model_kwargs={},
-    )
+    # Sets up the kernel's (one-chain) sample function with the run's warm-up length; one
+    # compiled call, as the run's initial state (op by op it repeats NumPyro's eager set-up
+    # on every continuation).
+    jax.jit(
+        lambda z: kernel.init(jax.random.PRNGKey(0), warmup, init_params=z, model_args=(), model_kwargs={})
+    )(z_start)
     constrain = kernel.postprocess_fn((), {})
 
     def one_chain(state, n):
