@@ -39,6 +39,10 @@ def main(argv=None):
     parser.add_argument(
         "--warm-start", default=None, help="with --state-dir: start from an earlier run's saved state"
     )
+    parser.add_argument("--dense-mass", action="store_true", help="adapt a dense mass matrix")
+    parser.add_argument(
+        "--metric-from", default=None, help="with --state-dir: a pilot run's directory (see mscpk fit)"
+    )
     args = parser.parse_args(argv)
     # Equinox's runtime checks as NaN, not host callbacks: lets the persistent compilation
     # cache keep the sampler's programs between the pieces of a resumable run (see README).
@@ -87,6 +91,10 @@ def main(argv=None):
             cmd += ["--hours", str(args.hours)]
         if args.warm_start:
             cmd += ["--warm-start", args.warm_start]
+        if args.metric_from:
+            cmd += ["--metric-from", args.metric_from]
+    if args.dense_mass:
+        cmd += ["--dense-mass"]
     t0 = time.perf_counter()
     rc = cli(cmd)
     wall = time.perf_counter() - t0

@@ -316,6 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
         "step size, mass matrix) to start the chains and the adaptation from",
     )
     fit.add_argument(
+        "--dense-mass",
+        action="store_true",
+        help="adapt a dense mass matrix (default: diagonal) for correlated parameters",
+    )
+    fit.add_argument(
+        "--metric-from",
+        default=None,
+        help="with --state-dir: keep a dense mass matrix estimated from the draws of a pilot run saved "
+        "in this directory (second half of its warm-up and its draws); the warm-up then adapts the step "
+        "size only (use --warmup < 20: one adaptation window). Saved as <state-dir>/metric.npy and "
+        "reused when the run is continued",
+    )
+    fit.add_argument(
         "--ppc-draws",
         type=_positive_int("--ppc-draws"),
         default=200,
@@ -356,6 +369,8 @@ def cmd_fit(args) -> int:
         raise ValueError("--hours: only with --state-dir (a stopped run must be saved to continue)")
     if args.warm_start is not None and not args.state_dir:
         raise ValueError("--warm-start: only with --state-dir")
+    if args.metric_from is not None and not args.state_dir:
+        raise ValueError("--metric-from: only with --state-dir")
     warm_start = _warm_start(args.warm_start)
     table = load()
     if args.study:
@@ -372,6 +387,7 @@ def cmd_fit(args) -> int:
     best = _map_estimate(problem, key_map, args)
     print(f"MAP: log density {best.log_density:.3f} ({best.seconds:.0f} s; restarts {best.restarts})")
     if args.state_dir:
+        metric = _pilot_metric(problem, args) if args.metric_from is not None else None
         idata = calfit.run_nuts_resumable(
             problem,
             key_nuts,
@@ -385,6 +401,9 @@ def cmd_fit(args) -> int:
             target_accept=args.target_accept,
             hours=args.hours,
             warm_start=warm_start,
+            dense_mass=args.dense_mass or metric is not None,
+            inverse_mass_matrix=metric,
+            adapt_mass_matrix=metric is None,
             progress=True,
         )
         if idata is None:
@@ -402,6 +421,7 @@ def cmd_fit(args) -> int:
             init=best.values,
             max_tree_depth=args.max_tree_depth,
             target_accept=args.target_accept,
+            dense_mass=args.dense_mass,
             progress=True,
         )
     idata.posterior.attrs["map_seconds"] = best.seconds
@@ -426,6 +446,31 @@ def cmd_fit(args) -> int:
         for path in export(idata, problem, args.export):
             print(f"wrote {path}")
     return 0
+
+
+def _pilot_metric(problem, args):
+    """The dense inverse mass matrix of ``--metric-from``: estimated from the pilot run on
+    the first call and saved in the state directory; read from there on continuing (the
+    pilot may have gone on since, and the run keeps one matrix)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from .calibration import fit as calfit
+
+    saved = Path(args.state_dir) / "metric.npy"
+    if saved.exists():
+        print(f"dense mass matrix: {saved}")
+        return np.load(saved)
+    if not Path(args.metric_from).is_dir():
+        raise ValueError(f"--metric-from: no directory {args.metric_from}")
+    draws = calfit.pilot_draws(args.metric_from)
+    metric = calfit.dense_metric(problem, draws)
+    Path(args.state_dir).mkdir(parents=True, exist_ok=True)
+    np.save(saved, metric)
+    n = np.prod(next(iter(draws.values())).shape[:2])
+    print(f"dense mass matrix from {n} pilot draws in {args.metric_from}; saved {saved}")
+    return metric
 
 
 def _warm_start(path):

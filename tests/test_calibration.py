@@ -196,6 +196,8 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     assert "--target-accept: must be in (0, 1), got 1.5" in capsys.readouterr().err
     assert main(["fit", "--out", str(out), "--study", "toma2009", "--warm-start", str(out)]) == 2
     assert "--warm-start: only with --state-dir" in capsys.readouterr().err
+    assert main(["fit", "--out", str(out), "--study", "toma2009", "--metric-from", str(tmp_path)]) == 2
+    assert "--metric-from: only with --state-dir" in capsys.readouterr().err
     argv = ["fit", "--out", str(out), "--state-dir", str(tmp_path / "s"), "--warm-start", str(out)]
     assert main([*argv, "--study", "toma2009", "--no-hierarchy"]) == 2
     assert "holds no saved NUTS state" in capsys.readouterr().err
@@ -309,3 +311,53 @@ def test_resumable_nuts_continues_where_it_stopped(reduced, tmp_path):
         calfit.run_nuts_resumable(reduced, key, stopped, draws=30, **{**args, "max_tree_depth": 5})
     with pytest.raises(ValueError, match="chunk: expected an integer >= 1"):
         calfit.run_nuts_resumable(reduced, key, stopped, draws=30, chunk=0, **args)
+
+
+def test_dense_metric_from_a_pilot_run_is_kept(reduced, tmp_path):
+    """A dense inverse mass matrix estimated from a pilot run's saved draws (the
+    covariance on the unconstrained scale, shrunk as NumPyro/Stan do) is the run's
+    metric, unchanged through warm-up and draws, while the step size adapts; bad
+    matrices and a changed matrix on continuing are refused."""
+    args = dict(chains=1, max_tree_depth=4, progress=False)
+    key = jax.random.PRNGKey(7)
+    calfit.run_nuts_resumable(reduced, key, tmp_path / "pilot", warmup=20, draws=20, chunk=20, **args)
+    draws = calfit.pilot_draws(tmp_path / "pilot")  # from iteration 10 on: the draws piece only
+    names = sorted(reduced.parameter_names)
+    assert {k: np.shape(v) for k, v in draws.items()} == {k: (1, 20) for k in names}
+    m = calfit.dense_metric(reduced, draws)
+    x = np.stack([np.log(draws[k][0]) for k in names], axis=1)  # both sites are positive: log scale
+    n = len(x)
+    expected = n / (n + 5) * np.cov(x, rowvar=False) + 1e-3 * 5 / (n + 5) * np.eye(2)
+    np.testing.assert_allclose(m, expected, rtol=1e-10)
+    assert abs(m[0, 1]) > 1e-6 * np.sqrt(m[0, 0] * m[1, 1])  # dense: the off-diagonal is kept
+
+    kept = dict(inverse_mass_matrix=m, adapt_mass_matrix=False, **args)
+    idata = calfit.run_nuts_resumable(reduced, key, tmp_path / "dense", warmup=10, draws=10, chunk=10, **kept)
+    assert all(np.unique(idata.posterior[k]).size > 3 for k in names)  # the chain moves
+    import pickle
+
+    init = pickle.loads((tmp_path / "dense" / "init.pkl").read_bytes())["state"].adapt_state
+    pieces = [pickle.loads(p.read_bytes()) for p in sorted((tmp_path / "dense").glob("piece_*.pkl"))]
+    assert [p["phase"] for p in pieces] == ["warmup", "draws"]
+    for a in [init] + [p["state"].adapt_state for p in pieces]:
+        (imm,) = a.inverse_mass_matrix.values()
+        np.testing.assert_array_equal(np.asarray(imm), m)
+    assert float(pieces[0]["state"].adapt_state.step_size) != float(init.step_size)
+
+    with pytest.raises(ValueError, match="other settings \\(inverse_mass_matrix_sha256\\)"):
+        calfit.run_nuts_resumable(
+            reduced, key, tmp_path / "dense", warmup=10, draws=10, **{**kept, "inverse_mass_matrix": 2 * m}
+        )
+    with pytest.raises(ValueError, match="inverse_mass_matrix: expected a \\(2, 2\\) matrix"):
+        calfit.run_nuts_resumable(reduced, key, tmp_path / "x", inverse_mass_matrix=np.eye(3), **args)
+    with pytest.raises(ValueError, match="inverse_mass_matrix: must be positive definite"):
+        calfit.run_nuts_resumable(reduced, key, tmp_path / "x", inverse_mass_matrix=-np.eye(2), **args)
+    with pytest.raises(ValueError, match="adapt_mass_matrix: False needs an inverse_mass_matrix"):
+        calfit.run_nuts_resumable(reduced, key, tmp_path / "x", adapt_mass_matrix=False, **args)
+    with pytest.raises(TypeError, match="dense_mass: expected True or False, got 'yes'"):
+        calfit.run_nuts(reduced, key, dense_mass="yes")
+    with pytest.raises(ValueError, match="samples: no draws of"):
+        calfit.dense_metric(reduced, {names[0]: draws[names[0]]})
+    with pytest.raises(ValueError, match="holds no resumable NUTS run"):
+        calfit.pilot_draws(tmp_path / "x")
+    assert not (tmp_path / "x").exists()  # refused before anything was written

@@ -10,6 +10,7 @@ prior draw far away.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import pickle
 import time
@@ -151,6 +152,100 @@ def _kernel(problem, start: dict, max_tree_depth: int, target_accept: float, **a
     )
 
 
+def _sizes(z: dict) -> dict:
+    """Flat size of each site of an unconstrained position, in NumPyro's order (sorted)."""
+    return {k: int(np.size(z[k])) for k in sorted(z)}
+
+
+def _metric(z: dict, dense_mass, inverse_mass_matrix, adapt_mass_matrix) -> dict:
+    """The kernel's mass-matrix settings (checked): ``dense_mass``, and a given dense
+    inverse mass matrix over all sites as NumPyro's ``{sites: matrix}``."""
+    if not isinstance(dense_mass, bool):
+        raise TypeError(f"dense_mass: expected True or False, got {dense_mass!r}")
+    if not isinstance(adapt_mass_matrix, bool):
+        raise TypeError(f"adapt_mass_matrix: expected True or False, got {adapt_mass_matrix!r}")
+    if inverse_mass_matrix is None:
+        if not adapt_mass_matrix:
+            raise ValueError("adapt_mass_matrix: False needs an inverse_mass_matrix to keep")
+        return {"dense_mass": True} if dense_mass else {}
+    d = sum(_sizes(z).values())
+    m = np.asarray(inverse_mass_matrix, dtype=np.float64)
+    if m.shape != (d, d):
+        raise ValueError(
+            f"inverse_mass_matrix: expected a ({d}, {d}) matrix (the model's unconstrained "
+            f"parameters, sites in sorted order), got shape {m.shape}"
+        )
+    if not np.all(np.isfinite(m)) or not np.allclose(m, m.T, rtol=1e-10, atol=0.0):
+        raise ValueError("inverse_mass_matrix: must be finite and symmetric")
+    try:
+        np.linalg.cholesky(m)
+    except np.linalg.LinAlgError:
+        raise ValueError("inverse_mass_matrix: must be positive definite") from None
+    return {
+        "dense_mass": True,
+        "inverse_mass_matrix": {tuple(sorted(z)): jnp.asarray(m)},
+        "adapt_mass_matrix": adapt_mass_matrix,
+    }
+
+
+def dense_metric(problem: CalibrationProblem, samples: dict) -> np.ndarray:
+    """A dense inverse mass matrix for NUTS: the covariance of ``samples`` (constrained
+    draws of every latent site, leading dimensions chains x draws, e.g. a pilot run's) on
+    NUTS's unconstrained scale, all draws pooled, sites flattened in sorted order.
+
+    Shrunk toward a small diagonal as Stan and NumPyro do for their adapted matrices:
+    ``n/(n+5) cov + 1e-3 5/(n+5) I``. Use it as ``inverse_mass_matrix`` of
+    :func:`run_nuts_resumable` (with ``adapt_mass_matrix=False`` the run keeps it and
+    adapts the step size only), when parameters are correlated so strongly that the
+    diagonal matrix NumPyro adapts by default needs long trajectories.
+    """
+    from numpyro.infer.util import get_transforms, transform_fn
+
+    z0 = problem.prior_median()
+    missing = sorted(set(z0) - set(samples))
+    if missing:
+        raise ValueError(f"samples: no draws of {missing}")
+    lead = {np.shape(samples[k])[:2] for k in z0}
+    if len(lead) != 1 or any(len(s) != 2 for s in lead):
+        raise ValueError(
+            f"samples: expected leading dimensions (chains, draws) shared by all sites, got {lead}"
+        )
+    (chains, draws) = lead.pop()
+    n = chains * draws
+    if n < 2:
+        raise ValueError(f"samples: need at least 2 draws, got {n}")
+    # The sites' transforms from one abstract trace of the model (evaluating it would
+    # solve every scenario); they are elementwise (log, logit, identity), so they apply to
+    # the stacked draws directly.
+    found = {}
+    jax.eval_shape(lambda p: found.setdefault("t", get_transforms(problem.model, (), {}, p)) and 0, z0)
+    flat = {k: jnp.asarray(np.reshape(samples[k], (n, *np.shape(z0[k])))) for k in z0}
+    z = transform_fn(found["t"], flat, invert=True)
+    x = np.concatenate([np.asarray(z[k]).reshape(n, -1) for k in sorted(z)], axis=1)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("samples: not finite on the unconstrained scale (a draw outside a support?)")
+    cov = np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1])
+    return n / (n + 5.0) * cov + 1e-3 * 5.0 / (n + 5.0) * np.eye(x.shape[1])
+
+
+def pilot_draws(directory, since: int | None = None) -> dict:
+    """The constrained draws saved by a resumable run in ``directory`` from iteration
+    ``since`` on (default: the second half of its warm-up), warm-up and draws together,
+    grouped by chain: the input of :func:`dense_metric`."""
+    directory = Path(directory)
+    config = directory / "config.pkl"
+    if not config.exists():
+        raise ValueError(f"directory: {directory} holds no resumable NUTS run (no config.pkl)")
+    if since is None:
+        since = _load(config)["warmup"] // 2
+    kept = [x for x in map(_load, sorted(directory.glob("piece_*.pkl"))) if x["first"] >= since]
+    if not kept:
+        raise ValueError(f"directory: {directory} has no saved iterations from {since} on")
+    return {
+        k: np.concatenate([np.asarray(x["samples"][k]) for x in kept], axis=1) for k in kept[0]["samples"]
+    }
+
+
 def _adapted(state, chains: int) -> dict:
     """Step size and (diagonal) inverse mass matrix of an earlier run's saved state, as the
     starting values of a new run's adaptation (geometric mean / mean over chains); ``{}``
@@ -176,6 +271,7 @@ def run_nuts(
     chain_method: str | None = None,
     max_tree_depth: int = 8,
     target_accept: float = 0.8,
+    dense_mass: bool = False,
     progress: bool = True,
 ) -> az.InferenceData:
     """NUTS (NumPyro) on ``problem``; returns ``InferenceData`` with the posterior, sample
@@ -183,12 +279,14 @@ def run_nuts(
 
     ``init``: constrained starting values (e.g. :attr:`MapResult.values`); default the
     prior median. ``chain_method``: NumPyro's; default :func:`default_chain_method`.
+    ``dense_mass``: adapt a dense mass matrix (NumPyro's; default diagonal).
     """
     _check_nuts_args(problem, chains, warmup, draws, max_tree_depth, target_accept)
     method = _chain_method(chains, chain_method)
+    metric = _metric(problem.prior_median(), dense_mass, None, True)
     start = problem.prior_median() if init is None else {k: jnp.asarray(v) for k, v in init.items()}
     mcmc = MCMC(
-        _kernel(problem, start, max_tree_depth, target_accept),
+        _kernel(problem, start, max_tree_depth, target_accept, **metric),
         num_warmup=warmup,
         num_samples=draws,
         num_chains=chains,
@@ -298,6 +396,9 @@ def run_nuts_resumable(
     target_accept: float = 0.8,
     hours: float | None = None,
     warm_start=None,
+    dense_mass: bool = False,
+    inverse_mass_matrix=None,
+    adapt_mass_matrix: bool = True,
     progress: bool = True,
 ) -> az.InferenceData | None:
     """NUTS as :func:`run_nuts`, saved to ``directory`` as it goes, so that a run longer
@@ -318,8 +419,16 @@ def run_nuts_resumable(
     the chains start at its positions, and the adaptation from its step size and mean
     inverse mass matrix (it adapts anew over ``warmup``). Returns the ``InferenceData`` of
     all ``draws`` once they are collected.
+
+    The mass matrix: diagonal and adapted (NumPyro's default); ``dense_mass``: dense and
+    adapted; ``inverse_mass_matrix``: a given dense one (e.g. :func:`dense_metric` of a
+    pilot run's draws) to start from, or, with ``adapt_mass_matrix=False``, to keep, the
+    warm-up then adapting the step size only (NumPyro's schedule re-starts the step-size
+    adaptation at the end of each of its windows, so a kept matrix is best paired with
+    ``warmup < 20``: one window).
     """
     _check_nuts_args(problem, chains, warmup, draws, max_tree_depth, target_accept)
+    metric = _metric(problem.prior_median(), dense_mass, inverse_mass_matrix, adapt_mass_matrix)
     _check_int("chunk", chunk, 1)
     if hours is not None and not hours > 0:
         raise ValueError(f"hours: must be > 0, got {hours!r}")
@@ -332,6 +441,13 @@ def run_nuts_resumable(
     directory.mkdir(parents=True, exist_ok=True)
     config = _run_config(problem, chains, warmup, max_tree_depth, target_accept, key)
     config["warm_start"] = warm_start is not None
+    # Recorded only when not NumPyro's default, so that runs saved before these existed continue.
+    if metric.get("dense_mass"):
+        config["dense_mass"] = True
+    if "inverse_mass_matrix" in metric:
+        m = np.ascontiguousarray(next(iter(metric["inverse_mass_matrix"].values())))
+        config["inverse_mass_matrix_sha256"] = hashlib.sha256(m.tobytes()).hexdigest()
+        config["adapt_mass_matrix"] = adapt_mass_matrix
     config_file = directory / "config.pkl"
     if config_file.exists():
         saved = _load(config_file)
@@ -345,7 +461,7 @@ def run_nuts_resumable(
         _save(config_file, config)
     t_start = time.perf_counter()
     start = problem.prior_median() if init is None else {k: jnp.asarray(v) for k, v in init.items()}
-    adapted = _adapted(warm_start, chains)
+    adapted = {**_adapted(warm_start, chains), **metric}
     z_start = _unconstrained(problem, start)
 
     init_file = directory / "init.pkl"
