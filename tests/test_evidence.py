@@ -115,6 +115,40 @@ def test_batched_scenarios_reproduce_simulate(lik):
     assert checked == 3
 
 
+def test_censored_rows_have_a_bounded_lapse_term(lik):
+    """Bound, detection and interval rows: log(eps + (1 - eps) P) with P the log-normal
+    probability of the statement (checked with SciPy from the returned prediction and
+    SD); a parameter set that breaks them costs at most -log(eps) each."""
+    from scipy.stats import norm
+
+    from mscpk.evidence.likelihood import CENSORED_LAPSE, TERMS
+
+    eps = CENSORED_LAPSE
+    rows = lik.rows
+    obs = ObservationParameters.default()
+    term = np.asarray(rows.term)
+    censored = term != TERMS.index("point")
+    assert censored.sum() >= 5
+    limit = np.asarray(obs.detection_limit_cells)[np.asarray(rows.family)]
+    lo = np.where(np.isnan(rows.lower), limit, rows.lower)
+    hi = np.where(np.isnan(rows.upper), limit, rows.upper)
+    base = mscpk.KineticParameters.default()
+    fast = eqx.tree_at(lambda p: p.death_rate_per_h, base, base.death_rate_per_h * 300.0)
+    for k in (base, fast):
+        out = lik.terms(k, obs)
+        mu, sd = np.log(np.maximum(np.asarray(out.predicted), 1e-300)), np.asarray(out.sigma)
+        p = np.select(
+            [term == TERMS.index("lower"), term == TERMS.index("upper")],
+            [norm.sf((np.log(lo) - mu) / sd), norm.cdf((np.log(hi) - mu) / sd)],
+            norm.cdf((np.log(hi) - mu) / sd) - norm.cdf((np.log(lo) - mu) / sd),
+        )
+        expected = np.log(eps + (1 - eps) * p)
+        got = np.asarray(out.log_lik)
+        np.testing.assert_allclose(got[censored], expected[censored], rtol=1e-9, atol=1e-12)
+        assert np.all(got[censored] >= np.log(eps) - 1e-12)
+    assert np.any(got[censored] < np.log(eps) + 0.1)  # the fast-dying cells break some statements
+
+
 @pytest.fixture(scope="module")
 def value_only(lik):
     return jax.jit(lik.function())

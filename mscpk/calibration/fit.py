@@ -25,6 +25,7 @@ import optax
 from numpyro.infer import MCMC, NUTS, init_to_sample, init_to_value
 from numpyro.infer.util import initialize_model
 
+from ..evidence.likelihood import CENSORED_LAPSE
 from .problem import EFFECTS, CalibrationProblem
 
 
@@ -359,6 +360,7 @@ def _run_config(problem, chains, warmup, max_tree_depth, target_accept, key) -> 
         "hierarchical": problem.hierarchical,
         "studies": list(problem.study_ids),
         "evidence_rows": int(len(problem.likelihood.table)),
+        "censored_lapse": CENSORED_LAPSE,  # the likelihood changed with it (runs before it lack it)
         "key": np.asarray(
             jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
         ).tolist(),

@@ -23,6 +23,8 @@ log scale (SD or SEM·√n as :math:`\sqrt{\ln(1+CV^2)}`, a 95% CI as
 :math:`\ln(hi/lo)/3.92`) plus its digitisation uncertainty. Point values give the
 log-normal density; bounds and detection limits give :math:`\log\Phi` terms; intervals
 (interval censoring, ranges over subjects) give :math:`\log(\Phi(z_{hi})-\Phi(z_{lo}))`.
+These censored probabilities :math:`P` enter as :math:`\epsilon + (1-\epsilon)P` with a
+lapse probability :math:`\epsilon` = :data:`CENSORED_LAPSE` (an assumption, see there).
 
 A failed solve makes the log-likelihood ``-inf`` (never a silent value).
 """
@@ -76,6 +78,19 @@ DETECTION_GRID_POINTS = 48
 #: Horizon for a time-until-undetectable row, as a multiple of its largest reported time.
 DETECTION_HORIZON_FACTOR = 1.5
 _TINY = 1e-300
+
+#: Lapse probability of a bound, detection or interval row: its probability is
+#: ``CENSORED_LAPSE + (1 - CENSORED_LAPSE) * P(model satisfies it)``, so a parameter set
+#: that breaks such a statement costs at most ``-log(CENSORED_LAPSE)`` = 4.6 nats.
+#: ASSUMPTION (no literature value): these rows are qualitative statements read from
+#: abstracts and text ("viable MSC were present in the lungs up to 24 h", "survived more
+#: than 5 months") with detection limits that are assay-family defaults, so each may be
+#: wrong with some small probability; 1% as the lapse rate of psychometric fits. Without it
+#: the log-normal tail makes the penalty grow as ``(k t / sigma)^2`` for a signal decaying as
+#: ``exp(-k t)``, i.e. exponentially in a log-scale rate: in the calibration, points one
+#: posterior SD from the draws reached -7e6 (the 24 h lung culture row of Eggenhofer
+#: 2012) and NUTS diverged in 2-3% of its draws (benchmarks/RESULTS.md, 2026-11-23).
+CENSORED_LAPSE = 0.01
 #: Denominators below this count as zero (its square stays representable, so gradients
 #: of guarded divisions stay finite).
 _TINY_DIV = 1e-140
@@ -486,9 +501,11 @@ def _terms(
     z_hi = (jnp.log(upper) - mu) / sigma
     z = (jnp.log(r.y) - mu) / sigma
     point = -0.5 * z**2 - jnp.log(sigma) - 0.5 * math.log(2.0 * math.pi) - jnp.log(r.y)
-    terms = jnp.select(
-        [r.term == 0, r.term == 1, r.term == 2],
-        [point, log_ndtr(-z_lo), log_ndtr(z_hi)],
+    censored = jnp.select(
+        [r.term == 1, r.term == 2],
+        [log_ndtr(-z_lo), log_ndtr(z_hi)],
         _log_diff_ndtr(z_hi, jnp.minimum(z_lo, z_hi - 1e-12)),
     )
+    censored = jnp.logaddexp(math.log(CENSORED_LAPSE), math.log1p(-CENSORED_LAPSE) + censored)
+    terms = jnp.where(r.term == 0, point, censored)
     return Predictions(predicted=predicted, log_lik=terms, sigma=sigma, success=jnp.all(ok))
