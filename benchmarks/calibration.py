@@ -43,6 +43,7 @@ def main(argv=None):
     parser.add_argument(
         "--metric-from", default=None, help="with --state-dir: a pilot run's directory (see mscpk fit)"
     )
+    parser.add_argument("--metric-since", type=int, default=None, help="with --metric-from (see mscpk fit)")
     args = parser.parse_args(argv)
     # Equinox's runtime checks as NaN, not host callbacks: lets the persistent compilation
     # cache keep the sampler's programs between the pieces of a resumable run (see README).
@@ -93,6 +94,8 @@ def main(argv=None):
             cmd += ["--warm-start", args.warm_start]
         if args.metric_from:
             cmd += ["--metric-from", args.metric_from]
+        if args.metric_since is not None:
+            cmd += ["--metric-since", str(args.metric_since)]
     if args.dense_mass:
         cmd += ["--dense-mass"]
     t0 = time.perf_counter()

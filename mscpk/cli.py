@@ -329,6 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
         "reused when the run is continued",
     )
     fit.add_argument(
+        "--metric-since",
+        type=int,
+        default=None,
+        help="with --metric-from: use the pilot's iterations from this one on (default: the second half "
+        "of its warm-up)",
+    )
+    fit.add_argument(
         "--ppc-draws",
         type=_positive_int("--ppc-draws"),
         default=200,
@@ -371,6 +378,8 @@ def cmd_fit(args) -> int:
         raise ValueError("--warm-start: only with --state-dir")
     if args.metric_from is not None and not args.state_dir:
         raise ValueError("--metric-from: only with --state-dir")
+    if args.metric_since is not None and (args.metric_from is None or args.metric_since < 0):
+        raise ValueError(f"--metric-since: an iteration >= 0 with --metric-from, got {args.metric_since}")
     warm_start = _warm_start(args.warm_start)
     table = load()
     if args.study:
@@ -464,7 +473,7 @@ def _pilot_metric(problem, args):
         return np.load(saved)
     if not Path(args.metric_from).is_dir():
         raise ValueError(f"--metric-from: no directory {args.metric_from}")
-    draws = calfit.pilot_draws(args.metric_from)
+    draws = calfit.pilot_draws(args.metric_from, since=args.metric_since)
     metric = calfit.dense_metric(problem, draws)
     Path(args.state_dir).mkdir(parents=True, exist_ok=True)
     np.save(saved, metric)

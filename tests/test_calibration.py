@@ -198,6 +198,8 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     assert "--warm-start: only with --state-dir" in capsys.readouterr().err
     assert main(["fit", "--out", str(out), "--study", "toma2009", "--metric-from", str(tmp_path)]) == 2
     assert "--metric-from: only with --state-dir" in capsys.readouterr().err
+    assert main(["fit", "--out", str(out), "--study", "toma2009", "--metric-since", "5"]) == 2
+    assert "--metric-since: an iteration >= 0 with --metric-from, got 5" in capsys.readouterr().err
     argv = ["fit", "--out", str(out), "--state-dir", str(tmp_path / "s"), "--warm-start", str(out)]
     assert main([*argv, "--study", "toma2009", "--no-hierarchy"]) == 2
     assert "holds no saved NUTS state" in capsys.readouterr().err
@@ -321,6 +323,7 @@ def test_dense_metric_from_a_pilot_run_is_kept(reduced, tmp_path):
     args = dict(chains=1, max_tree_depth=4, progress=False)
     key = jax.random.PRNGKey(7)
     calfit.run_nuts_resumable(reduced, key, tmp_path / "pilot", warmup=20, draws=20, chunk=20, **args)
+    assert calfit.pilot_draws(tmp_path / "pilot", since=0)["sigma_flow"].shape == (1, 40)
     draws = calfit.pilot_draws(tmp_path / "pilot")  # from iteration 10 on: the draws piece only
     names = sorted(reduced.parameter_names)
     assert {k: np.shape(v) for k, v in draws.items()} == {k: (1, 20) for k in names}
