@@ -219,9 +219,14 @@ def dense_metric(problem: CalibrationProblem, samples: dict) -> np.ndarray:
     # solve every scenario); they are elementwise (log, logit, identity), so they apply to
     # the stacked draws directly.
     found = {}
-    jax.eval_shape(lambda p: found.setdefault("t", get_transforms(problem.model, (), {}, p)) and 0, z0)
+
+    def trace(values):
+        found["transforms"] = get_transforms(problem.model, (), {}, values)
+        return 0.0
+
+    jax.eval_shape(trace, z0)
     flat = {k: jnp.asarray(np.reshape(samples[k], (n, *np.shape(z0[k])))) for k in z0}
-    z = transform_fn(found["t"], flat, invert=True)
+    z = transform_fn(found["transforms"], flat, invert=True)
     x = np.concatenate([np.asarray(z[k]).reshape(n, -1) for k in sorted(z)], axis=1)
     if not np.all(np.isfinite(x)):
         raise ValueError("samples: not finite on the unconstrained scale (a draw outside a support?)")
