@@ -8,6 +8,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tomllib
 
@@ -378,6 +379,8 @@ def cmd_fit(args) -> int:
         raise ValueError("--warm-start: only with --state-dir")
     if args.metric_from is not None and not args.state_dir:
         raise ValueError("--metric-from: only with --state-dir")
+    if args.metric_from is not None and not os.path.isdir(args.metric_from):
+        raise ValueError(f"--metric-from: no directory {args.metric_from}")
     if args.metric_since is not None and (args.metric_from is None or args.metric_since < 0):
         raise ValueError(f"--metric-since: an iteration >= 0 with --metric-from, got {args.metric_since}")
     warm_start = _warm_start(args.warm_start)
@@ -471,8 +474,6 @@ def _pilot_metric(problem, args):
     if saved.exists():
         print(f"dense mass matrix: {saved}")
         return np.load(saved)
-    if not Path(args.metric_from).is_dir():
-        raise ValueError(f"--metric-from: no directory {args.metric_from}")
     draws = calfit.pilot_draws(args.metric_from, since=args.metric_since)
     metric = calfit.dense_metric(problem, draws)
     Path(args.state_dir).mkdir(parents=True, exist_ok=True)

@@ -200,6 +200,9 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     assert "--metric-from: only with --state-dir" in capsys.readouterr().err
     assert main(["fit", "--out", str(out), "--study", "toma2009", "--metric-since", "5"]) == 2
     assert "--metric-since: an iteration >= 0 with --metric-from, got 5" in capsys.readouterr().err
+    argv = ["fit", "--out", str(out), "--state-dir", str(tmp_path / "s"), "--study", "toma2009"]
+    assert main([*argv, "--metric-from", str(tmp_path / "nowhere")]) == 2
+    assert "--metric-from: no directory" in capsys.readouterr().err
     argv = ["fit", "--out", str(out), "--state-dir", str(tmp_path / "s"), "--warm-start", str(out)]
     assert main([*argv, "--study", "toma2009", "--no-hierarchy"]) == 2
     assert "holds no saved NUTS state" in capsys.readouterr().err
