@@ -85,7 +85,8 @@ _TINY = 1e-300
 #: ASSUMPTION (no literature value): these rows are qualitative statements read from
 #: abstracts and text ("viable MSC were present in the lungs up to 24 h", "survived more
 #: than 5 months") with detection limits that are assay-family defaults, so each may be
-#: wrong with some small probability; 1% as the lapse rate of psychometric fits. Without it
+#: wrong with some small probability; 1% is a round small value, assumed, not fitted (a
+#: smaller one keeps the statements more binding; any value bounds the penalty). Without it
 #: the log-normal tail makes the penalty grow as ``(k t / sigma)^2`` for a signal decaying as
 #: ``exp(-k t)``, i.e. exponentially in a log-scale rate: in the calibration, points one
 #: posterior SD from the draws reached -7e6 (the 24 h lung culture row of Eggenhofer
