@@ -44,6 +44,8 @@ def main(argv=None):
         "--metric-from", default=None, help="with --state-dir: a pilot run's directory (see mscpk fit)"
     )
     parser.add_argument("--metric-since", type=int, default=None, help="with --metric-from (see mscpk fit)")
+    parser.add_argument("--metric-laplace", action="store_true", help="with --state-dir (see mscpk fit)")
+    parser.add_argument("--init-scatter", type=float, default=0.0, help="(see mscpk fit)")
     args = parser.parse_args(argv)
     # Equinox's runtime checks as NaN, not host callbacks: lets the persistent compilation
     # cache keep the sampler's programs between the pieces of a resumable run (see README).
@@ -96,6 +98,10 @@ def main(argv=None):
             cmd += ["--metric-from", args.metric_from]
         if args.metric_since is not None:
             cmd += ["--metric-since", str(args.metric_since)]
+        if args.metric_laplace:
+            cmd += ["--metric-laplace"]
+    if args.init_scatter:
+        cmd += ["--init-scatter", str(args.init_scatter)]
     if args.dense_mass:
         cmd += ["--dense-mass"]
     t0 = time.perf_counter()

@@ -337,6 +337,21 @@ def build_parser() -> argparse.ArgumentParser:
         "of its warm-up)",
     )
     fit.add_argument(
+        "--metric-laplace",
+        action="store_true",
+        help="with --state-dir: keep a dense mass matrix from the Laplace approximation at the MAP (the "
+        "inverse Hessian of the potential; no pilot run needed; the warm-up then adapts the step size "
+        "only, as with --metric-from). Saved as <state-dir>/metric.npy and reused when the run is continued",
+    )
+    fit.add_argument(
+        "--init-scatter",
+        type=float,
+        default=0.0,
+        help="with --metric-laplace or --metric-from: start each chain at the MAP moved by this times a "
+        "draw from N(0, the mass matrix's inverse) (1: draws of the Laplace approximation; default 0: "
+        "every chain at the MAP)",
+    )
+    fit.add_argument(
         "--ppc-draws",
         type=_positive_int("--ppc-draws"),
         default=200,
@@ -383,6 +398,16 @@ def cmd_fit(args) -> int:
         raise ValueError(f"--metric-from: no directory {args.metric_from}")
     if args.metric_since is not None and (args.metric_from is None or args.metric_since < 0):
         raise ValueError(f"--metric-since: an iteration >= 0 with --metric-from, got {args.metric_since}")
+    if args.metric_laplace and not args.state_dir:
+        raise ValueError("--metric-laplace: only with --state-dir")
+    if args.metric_laplace and args.metric_from is not None:
+        raise ValueError("--metric-laplace: not with --metric-from (one mass matrix)")
+    if not (args.init_scatter >= 0 and args.init_scatter < float("inf")):
+        raise ValueError(f"--init-scatter: a finite number >= 0, got {args.init_scatter!r}")
+    if args.init_scatter > 0 and not (args.metric_laplace or args.metric_from is not None):
+        raise ValueError("--init-scatter: only with --metric-laplace or --metric-from (its covariance)")
+    if args.init_scatter > 0 and args.warm_start is not None:
+        raise ValueError("--init-scatter: not with --warm-start (the chains start from its positions)")
     warm_start = _warm_start(args.warm_start)
     table = load()
     if args.study:
@@ -399,7 +424,11 @@ def cmd_fit(args) -> int:
     best = _map_estimate(problem, key_map, args)
     print(f"MAP: log density {best.log_density:.3f} ({best.seconds:.0f} s; restarts {best.restarts})")
     if args.state_dir:
-        metric = _pilot_metric(problem, args) if args.metric_from is not None else None
+        metric = (
+            _pilot_metric(problem, args, best.values)
+            if args.metric_from is not None or args.metric_laplace
+            else None
+        )
         idata = calfit.run_nuts_resumable(
             problem,
             key_nuts,
@@ -416,6 +445,7 @@ def cmd_fit(args) -> int:
             dense_mass=args.dense_mass or metric is not None,
             inverse_mass_matrix=metric,
             adapt_mass_matrix=metric is None,
+            init_scatter=args.init_scatter,
             progress=True,
         )
         if idata is None:
@@ -460,10 +490,12 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def _pilot_metric(problem, args):
-    """The dense inverse mass matrix of ``--metric-from``: estimated from the pilot run on
-    the first call and saved in the state directory; read from there on continuing (the
-    pilot may have gone on since, and the run keeps one matrix)."""
+def _pilot_metric(problem, args, map_values):
+    """The dense inverse mass matrix of ``--metric-from`` (estimated from the pilot run)
+    or ``--metric-laplace`` (the Laplace approximation at ``map_values``) on the first
+    call, saved in the state directory; read from there on continuing (the pilot may have
+    gone on since, and the run keeps one matrix)."""
+    import time
     from pathlib import Path
 
     import numpy as np
@@ -474,6 +506,17 @@ def _pilot_metric(problem, args):
     if saved.exists():
         print(f"dense mass matrix: {saved}")
         return np.load(saved)
+    if args.metric_laplace:
+        t0 = time.perf_counter()
+        metric = calfit.laplace_metric(problem, map_values)
+        Path(args.state_dir).mkdir(parents=True, exist_ok=True)
+        np.save(saved, metric)
+        sd = np.sqrt(np.diag(metric))
+        print(
+            f"dense mass matrix: Laplace approximation at the MAP ({time.perf_counter() - t0:.0f} s; "
+            f"unconstrained sd {sd.min():.3g} to {sd.max():.3g}); saved {saved}"
+        )
+        return metric
     draws = calfit.pilot_draws(args.metric_from, since=args.metric_since)
     metric = calfit.dense_metric(problem, draws)
     Path(args.state_dir).mkdir(parents=True, exist_ok=True)

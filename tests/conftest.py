@@ -84,6 +84,7 @@ LONG_TESTS = (
     "test_cli_fit_one_study_and_posterior_summary",
     "test_resumable_nuts_continues_where_it_stopped",
     "test_dense_metric_from_a_pilot_run_is_kept",
+    "test_laplace_metric_is_the_inverse_hessian_and_scatters_the_starts",
     "test_notebook_executes[02_mechanisms.ipynb]",
     "test_likelihood_and_gradient_finite_and_match_finite_differences",
     "test_notebook_executes[01_quickstart.ipynb]",

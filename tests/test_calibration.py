@@ -203,6 +203,14 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     argv = ["fit", "--out", str(out), "--state-dir", str(tmp_path / "s"), "--study", "toma2009"]
     assert main([*argv, "--metric-from", str(tmp_path / "nowhere")]) == 2
     assert "--metric-from: no directory" in capsys.readouterr().err
+    assert main([*argv, "--metric-from", str(tmp_path), "--metric-laplace"]) == 2
+    assert "--metric-laplace: not with --metric-from" in capsys.readouterr().err
+    assert main([*argv, "--init-scatter", "1"]) == 2
+    assert "--init-scatter: only with --metric-laplace or --metric-from" in capsys.readouterr().err
+    assert main([*argv, "--metric-laplace", "--init-scatter", "-1"]) == 2
+    assert "--init-scatter: a finite number >= 0, got -1.0" in capsys.readouterr().err
+    assert main(["fit", "--out", str(out), "--study", "toma2009", "--metric-laplace"]) == 2
+    assert "--metric-laplace: only with --state-dir" in capsys.readouterr().err
     argv = ["fit", "--out", str(out), "--state-dir", str(tmp_path / "s"), "--warm-start", str(out)]
     assert main([*argv, "--study", "toma2009", "--no-hierarchy"]) == 2
     assert "holds no saved NUTS state" in capsys.readouterr().err
@@ -367,3 +375,64 @@ def test_dense_metric_from_a_pilot_run_is_kept(reduced, tmp_path):
     with pytest.raises(ValueError, match="holds no resumable NUTS run"):
         calfit.pilot_draws(tmp_path / "x")
     assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+def test_laplace_metric_is_the_inverse_hessian_and_scatters_the_starts(reduced, tmp_path):
+    """The Laplace metric inverts the potential's Hessian (checked against second
+    differences of the potential's value, not its gradient); directions below the
+    curvature floor are raised to it; init_scatter starts the chains at draws of
+    N(start, metric), recorded in the run's settings; bad settings are refused."""
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import initialize_model
+
+    values = calfit.find_map(reduced, jax.random.PRNGKey(1), restarts=1, steps=300).values
+    m = calfit.laplace_metric(reduced, values)
+    assert m.shape == (2, 2)
+    np.testing.assert_array_equal(m, m.T)
+    info = initialize_model(
+        jax.random.PRNGKey(0), reduced.model, init_strategy=numpyro.infer.init_to_value(values=values)
+    )
+    x0, unravel = ravel_pytree(info.param_info.z)
+    f = jax.jit(lambda x: info.potential_fn(unravel(x)))
+    h = 1e-3
+    e = np.eye(2) * h
+
+    def second(i, j):  # central second difference of the value
+        return float(
+            f(x0 + e[i] + e[j]) - f(x0 + e[i] - e[j]) - f(x0 - e[i] + e[j]) + f(x0 - e[i] - e[j])
+        ) / (4 * h * h)
+
+    hess = np.array([[second(i, j) for j in range(2)] for i in range(2)])
+    assert np.all(np.linalg.eigvalsh(hess) > 1e-2)  # no floor at this point: m is the plain inverse
+    np.testing.assert_allclose(np.linalg.inv(m), hess, rtol=2e-3, atol=1e-3)
+    floored = calfit.laplace_metric(reduced, values, min_curvature=1e6)
+    np.testing.assert_allclose(floored, 1e-6 * np.eye(2), rtol=1e-9, atol=1e-15)
+
+    z = {k: jnp.asarray(v) for k, v in info.param_info.z.items()}
+    moved = calfit._scattered(z, m, 1.0, 4000, jax.random.PRNGKey(3))
+    x = np.stack([np.asarray(moved[k]) for k in sorted(moved)], axis=1) - np.asarray(x0)
+    np.testing.assert_allclose(np.cov(x, rowvar=False), m, rtol=0.1, atol=0.05 * np.sqrt(m[0, 0] * m[1, 1]))
+
+    args = dict(chains=2, chain_method="sequential", max_tree_depth=3, progress=False)
+    kept = dict(inverse_mass_matrix=m, adapt_mass_matrix=False, init=values, **args)
+    key = jax.random.PRNGKey(5)
+    calfit.run_nuts_resumable(reduced, key, tmp_path / "s", warmup=1, draws=1, init_scatter=1.0, **kept)
+    import pickle
+
+    start = pickle.loads((tmp_path / "s" / "init.pkl").read_bytes())["state"].z
+    expected = calfit._scattered(z, m, 1.0, 2, key)
+    for k in start:
+        np.testing.assert_allclose(np.asarray(start[k]), np.asarray(expected[k]), rtol=1e-12)
+        assert np.asarray(start[k])[0] != np.asarray(start[k])[1]
+    assert pickle.loads((tmp_path / "s" / "config.pkl").read_bytes())["init_scatter"] == 1.0
+    with pytest.raises(ValueError, match="other settings \\(init_scatter\\)"):
+        calfit.run_nuts_resumable(reduced, key, tmp_path / "s", warmup=1, draws=1, init_scatter=0.5, **kept)
+    with pytest.raises(ValueError, match="init_scatter: only with a given inverse_mass_matrix"):
+        calfit.run_nuts_resumable(reduced, key, tmp_path / "x", init_scatter=1.0, **args)
+    with pytest.raises(ValueError, match="init_scatter: must be a finite number >= 0, got -1"):
+        calfit.run_nuts_resumable(reduced, key, tmp_path / "x", init_scatter=-1, **kept)
+    with pytest.raises(ValueError, match="min_curvature: must be a finite number > 0, got 0"):
+        calfit.laplace_metric(reduced, values, min_curvature=0)
+    with pytest.raises(ValueError, match="values: no value of"):
+        calfit.laplace_metric(reduced, {})
+    assert not (tmp_path / "x").exists()

@@ -234,6 +234,53 @@ def dense_metric(problem: CalibrationProblem, samples: dict) -> np.ndarray:
     return n / (n + 5.0) * cov + 1e-3 * 5.0 / (n + 5.0) * np.eye(x.shape[1])
 
 
+def laplace_metric(
+    problem: CalibrationProblem, values: dict, step: float = 1e-3, min_curvature: float = 1e-2
+) -> np.ndarray:
+    """A dense inverse mass matrix for NUTS without a pilot run: the covariance of the
+    Laplace approximation at ``values`` (e.g. the MAP), i.e. the inverse Hessian of
+    NUTS's potential (the negative log joint density on the unconstrained scale, with the
+    transforms' log-Jacobians), sites flattened in sorted order as :func:`dense_metric`.
+
+    The Hessian is taken by central differences of the autodiff gradient with ``step`` on
+    the unconstrained scale (2 D gradient evaluations; forward-mode autodiff, and so
+    ``jax.hessian``, does not pass diffrax's checkpointed adjoint) and symmetrised. Its
+    eigenvalues below ``min_curvature`` are raised to it: a direction that is flat, or
+    curved the wrong way, at ``values`` (``values`` is not an exact optimum; the
+    likelihood has flat floors, see ``CENSORED_LAPSE``) gets a standard deviation of
+    ``1/sqrt(min_curvature)`` instead of an infinite or negative variance.
+    """
+    from jax.flatten_util import ravel_pytree
+
+    if not isinstance(problem, CalibrationProblem):
+        raise TypeError(f"problem: expected a CalibrationProblem, got {type(problem).__name__}")
+    for name, v in (("step", step), ("min_curvature", min_curvature)):
+        if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
+            raise ValueError(f"{name}: must be a finite number > 0, got {v!r}")
+    missing = sorted(set(problem.prior_median()) - set(values))
+    if missing:
+        raise ValueError(f"values: no value of {missing}")
+    info = initialize_model(
+        jax.random.PRNGKey(0), problem.model, init_strategy=init_to_value(values=values), validate_grad=False
+    )
+    x0, unravel = ravel_pytree(info.param_info.z)
+    grad = jax.jit(jax.grad(lambda x: info.potential_fn(unravel(x))))
+    d = x0.shape[0]
+    hess = np.empty((d, d))
+    for i in range(d):
+        e = jnp.zeros(d).at[i].set(step)
+        hess[:, i] = (np.asarray(grad(x0 + e)) - np.asarray(grad(x0 - e))) / (2.0 * step)
+    if not np.all(np.isfinite(hess)):
+        bad = sorted({i for i in range(d) if not np.all(np.isfinite(hess[:, i]))})
+        raise ValueError(
+            f"values: the potential's gradient is not finite within {step} of values along "
+            f"unconstrained coordinates {bad} (a failed solve?)"
+        )
+    lam, vec = np.linalg.eigh(0.5 * (hess + hess.T))
+    cov = (vec / np.maximum(lam, min_curvature)) @ vec.T
+    return 0.5 * (cov + cov.T)
+
+
 def pilot_draws(directory, since: int | None = None) -> dict:
     """The constrained draws saved by a resumable run in ``directory`` from iteration
     ``since`` on (default: the second half of its warm-up), warm-up and draws together,
@@ -406,6 +453,7 @@ def run_nuts_resumable(
     dense_mass: bool = False,
     inverse_mass_matrix=None,
     adapt_mass_matrix: bool = True,
+    init_scatter: float = 0.0,
     progress: bool = True,
 ) -> az.InferenceData | None:
     """NUTS as :func:`run_nuts`, saved to ``directory`` as it goes, so that a run longer
@@ -433,9 +481,21 @@ def run_nuts_resumable(
     warm-up then adapting the step size only (NumPyro's schedule re-starts the step-size
     adaptation at the end of each of its windows, so a kept matrix is best paired with
     ``warmup < 20``: one window).
+
+    ``init_scatter``: with a given ``inverse_mass_matrix`` and no ``warm_start``, chain
+    ``c`` starts at ``init`` moved on the unconstrained scale by ``init_scatter`` times a
+    draw from N(0, inverse_mass_matrix) (a key of its own from ``key``): with the
+    :func:`laplace_metric` at the MAP and ``init_scatter=1``, the chains start from draws
+    of the Laplace approximation, dispersed as R-hat assumes, not all at the mode.
     """
     _check_nuts_args(problem, chains, warmup, draws, max_tree_depth, target_accept)
     metric = _metric(problem.prior_median(), dense_mass, inverse_mass_matrix, adapt_mass_matrix)
+    if not (isinstance(init_scatter, (int, float)) and np.isfinite(init_scatter) and init_scatter >= 0):
+        raise ValueError(f"init_scatter: must be a finite number >= 0, got {init_scatter!r}")
+    if init_scatter > 0 and (inverse_mass_matrix is None or warm_start is not None):
+        raise ValueError(
+            "init_scatter: only with a given inverse_mass_matrix (the scatter's covariance) and no warm_start"
+        )
     _check_int("chunk", chunk, 1)
     if hours is not None and not hours > 0:
         raise ValueError(f"hours: must be > 0, got {hours!r}")
@@ -455,6 +515,8 @@ def run_nuts_resumable(
         m = np.ascontiguousarray(next(iter(metric["inverse_mass_matrix"].values())))
         config["inverse_mass_matrix_sha256"] = hashlib.sha256(m.tobytes()).hexdigest()
         config["adapt_mass_matrix"] = adapt_mass_matrix
+    if init_scatter > 0:
+        config["init_scatter"] = float(init_scatter)
     config_file = directory / "config.pkl"
     if config_file.exists():
         saved = _load(config_file)
@@ -484,6 +546,8 @@ def run_nuts_resumable(
         else:
             z = z_start
             z0 = z if chains == 1 else jax.tree.map(lambda x: jnp.broadcast_to(x, (chains, *jnp.shape(x))), z)
+            if init_scatter > 0:
+                z0 = _scattered(z_start, np.asarray(inverse_mass_matrix), init_scatter, chains, key)
         keys = key if chains == 1 else jax.random.split(key, chains)
         # A kernel of its own: with a batch of keys, `init` swaps in a vmapped sample function.
         kernel = _kernel(problem, start, max_tree_depth, target_accept, **adapted)
@@ -525,6 +589,20 @@ def run_nuts_resumable(
         if done + n < warmup + draws and hours is not None and time.perf_counter() - t_start > 3600.0 * hours:
             return None
     return _from_pieces(problem, directory, pieces, warmup, draws, method)
+
+
+def _scattered(z: dict, cov: np.ndarray, scale: float, chains: int, key) -> dict:
+    """``chains`` positions ``z + scale L e`` (``L L^T = cov``, ``e`` standard normal from
+    a key folded from ``key``), sites flattened in sorted order as the dense metric;
+    batched over chains when ``chains > 1``."""
+    from jax.flatten_util import ravel_pytree
+
+    x, unravel = ravel_pytree(z)
+    e = jax.random.normal(jax.random.fold_in(key, 0x5CA7), (chains, x.shape[0]), dtype=x.dtype)
+    moved = x + scale * e @ jnp.asarray(np.linalg.cholesky(cov)).T
+    if chains == 1:
+        return unravel(moved[0])
+    return jax.vmap(unravel)(moved)
 
 
 def _piece_runner(problem, start, z_start, max_tree_depth, target_accept, adapted, warmup, chains, method):
