@@ -2,6 +2,8 @@
 
 import os
 import re
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -320,6 +322,19 @@ def test_resumable_nuts_continues_where_it_stopped(reduced, tmp_path):
         assert np.array_equal(np.asarray(a.step_size), np.asarray(warm.step_size))
         for k, v in a.inverse_mass_matrix.items():
             assert np.array_equal(np.asarray(v), np.asarray(warm.inverse_mass_matrix[k]))
+    # Slimmed for committing (benchmarks/slim_run.py: the state kept in the last piece only),
+    # the run still continues.
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from slim_run import slim
+
+    assert [p.name for p in slim(stopped)] == ["piece_0000.pkl", "piece_0001.pkl", "piece_0002.pkl"]
+    assert pickle.loads((stopped / "piece_0001.pkl").read_bytes())["state"] is None
+    assert slim(stopped) == []
+    extended = calfit.run_nuts_resumable(reduced, key, stopped, draws=40, chunk=10, **args)
+    for n in names:
+        np.testing.assert_array_equal(np.asarray(extended.posterior[n])[:, :30], longer.posterior[n])
+    with pytest.raises(ValueError, match="holds no resumable NUTS run"):
+        slim(tmp_path)
     with pytest.raises(ValueError, match="holds a run with other settings \\(max_tree_depth\\)"):
         calfit.run_nuts_resumable(reduced, key, stopped, draws=30, **{**args, "max_tree_depth": 5})
     with pytest.raises(ValueError, match="chunk: expected an integer >= 1"):
