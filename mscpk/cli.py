@@ -506,23 +506,18 @@ def _pilot_metric(problem, args, map_values):
     if saved.exists():
         print(f"dense mass matrix: {saved}")
         return np.load(saved)
+    t0 = time.perf_counter()
     if args.metric_laplace:
-        t0 = time.perf_counter()
         metric = calfit.laplace_metric(problem, map_values)
-        Path(args.state_dir).mkdir(parents=True, exist_ok=True)
-        np.save(saved, metric)
         sd = np.sqrt(np.diag(metric))
-        print(
-            f"dense mass matrix: Laplace approximation at the MAP ({time.perf_counter() - t0:.0f} s; "
-            f"unconstrained sd {sd.min():.3g} to {sd.max():.3g}); saved {saved}"
-        )
-        return metric
-    draws = calfit.pilot_draws(args.metric_from, since=args.metric_since)
-    metric = calfit.dense_metric(problem, draws)
+        source = f"Laplace approximation at the MAP, unconstrained sd {sd.min():.3g} to {sd.max():.3g}"
+    else:
+        draws = calfit.pilot_draws(args.metric_from, since=args.metric_since)
+        metric = calfit.dense_metric(problem, draws)
+        source = f"{np.prod(next(iter(draws.values())).shape[:2])} pilot draws in {args.metric_from}"
     Path(args.state_dir).mkdir(parents=True, exist_ok=True)
     np.save(saved, metric)
-    n = np.prod(next(iter(draws.values())).shape[:2])
-    print(f"dense mass matrix from {n} pilot draws in {args.metric_from}; saved {saved}")
+    print(f"dense mass matrix from {source} ({time.perf_counter() - t0:.0f} s); saved {saved}")
     return metric
 
 
