@@ -54,12 +54,15 @@ def test_informed_entries_follow_the_table():
     names = {c.name for c in informed(table)}
     assert {"critical_diameter_ratio", "death_rate_scale", "depot_death_rate_im", "label_leak_in111"} <= names
     assert "label_leak_zr89" not in names  # no 89Zr rows
+    assert "thaw_death_rate" in names  # Braid 2018's thawed IM row
     toma = table[table.study_id == "toma2009"]
     assert {c.name for c in informed(toma)} & {
         "depot_death_rate_im",
         "sigma_bli",
         "label_leak_in111",
+        "thaw_death_rate",
     } == set()
+    assert "thaw_death_rate" not in {c.name for c in informed(table[table.preparation != "thawed"])}
 
 
 def test_apply_sets_scalars_elements_and_scales():
@@ -357,10 +360,29 @@ def test_dense_metric_from_a_pilot_run_is_kept(reduced, tmp_path):
     np.testing.assert_allclose(m, expected, rtol=1e-10)
     assert abs(m[0, 1]) > 1e-6 * np.sqrt(m[0, 0] * m[1, 1])  # dense: the off-diagonal is kept
 
-    kept = dict(inverse_mass_matrix=m, adapt_mass_matrix=False, **args)
+    # The chain starts at a draw of N(start, m / 4) (init_scatter 0.5, as a Laplace pilot does).
+    start = reduced.prior_median()
+    kept = dict(inverse_mass_matrix=m, adapt_mass_matrix=False, init=start, init_scatter=0.5, **args)
     idata = calfit.run_nuts_resumable(reduced, key, tmp_path / "dense", warmup=10, draws=10, chunk=10, **kept)
     assert all(np.unique(idata.posterior[k]).size > 3 for k in names)  # the chain moves
     import pickle
+
+    from numpyro.infer.util import initialize_model
+
+    z = initialize_model(
+        jax.random.PRNGKey(0), reduced.model, init_strategy=numpyro.infer.init_to_value(values=start)
+    ).param_info.z
+    first = pickle.loads((tmp_path / "dense" / "init.pkl").read_bytes())["state"].z
+    expected = calfit._scattered({k: jnp.asarray(v) for k, v in z.items()}, m, 0.5, 1, key)
+    for k in names:
+        np.testing.assert_allclose(np.asarray(first[k]), np.asarray(expected[k]), rtol=1e-12)
+        assert np.asarray(first[k]) != np.asarray(z[k])
+    config = pickle.loads((tmp_path / "dense" / "config.pkl").read_bytes())
+    assert config["init_scatter"] == 0.5
+    with pytest.raises(ValueError, match="other settings \\(init_scatter\\)"):
+        calfit.run_nuts_resumable(
+            reduced, key, tmp_path / "dense", warmup=10, draws=10, **{**kept, "init_scatter": 1.0}
+        )
 
     init = pickle.loads((tmp_path / "dense" / "init.pkl").read_bytes())["state"].adapt_state
     pieces = [pickle.loads(p.read_bytes()) for p in sorted((tmp_path / "dense").glob("piece_*.pkl"))]
@@ -392,8 +414,8 @@ def test_dense_metric_from_a_pilot_run_is_kept(reduced, tmp_path):
 def test_laplace_metric_is_the_inverse_hessian_and_scatters_the_starts(reduced, tmp_path):
     """The Laplace metric inverts the potential's Hessian (checked against second
     differences of the potential's value, not its gradient); directions below the
-    curvature floor are raised to it; init_scatter starts the chains at draws of
-    N(start, metric), recorded in the run's settings; bad settings are refused."""
+    curvature floor are raised to it; draws of N(start, metric) have the metric as their
+    covariance; bad settings are refused."""
     from jax.flatten_util import ravel_pytree
     from numpyro.infer.util import initialize_model
 
@@ -425,20 +447,10 @@ def test_laplace_metric_is_the_inverse_hessian_and_scatters_the_starts(reduced, 
     x = np.stack([np.asarray(moved[k]) for k in sorted(moved)], axis=1) - np.asarray(x0)
     np.testing.assert_allclose(np.cov(x, rowvar=False), m, rtol=0.1, atol=0.05 * np.sqrt(m[0, 0] * m[1, 1]))
 
+    # The runs that start from these draws: test_dense_metric_from_a_pilot_run_is_kept.
     args = dict(chains=2, chain_method="sequential", max_tree_depth=3, progress=False)
     kept = dict(inverse_mass_matrix=m, adapt_mass_matrix=False, init=values, **args)
     key = jax.random.PRNGKey(5)
-    calfit.run_nuts_resumable(reduced, key, tmp_path / "s", warmup=1, draws=1, init_scatter=1.0, **kept)
-    import pickle
-
-    start = pickle.loads((tmp_path / "s" / "init.pkl").read_bytes())["state"].z
-    expected = calfit._scattered(z, m, 1.0, 2, key)
-    for k in start:
-        np.testing.assert_allclose(np.asarray(start[k]), np.asarray(expected[k]), rtol=1e-12)
-        assert np.asarray(start[k])[0] != np.asarray(start[k])[1]
-    assert pickle.loads((tmp_path / "s" / "config.pkl").read_bytes())["init_scatter"] == 1.0
-    with pytest.raises(ValueError, match="other settings \\(init_scatter\\)"):
-        calfit.run_nuts_resumable(reduced, key, tmp_path / "s", warmup=1, draws=1, init_scatter=0.5, **kept)
     with pytest.raises(ValueError, match="init_scatter: only with a given inverse_mass_matrix"):
         calfit.run_nuts_resumable(reduced, key, tmp_path / "x", init_scatter=1.0, **args)
     with pytest.raises(ValueError, match="init_scatter: must be a finite number >= 0, got -1"):

@@ -45,6 +45,7 @@ def test_neutral_mechanism_parameters_recover_the_core_model(product):
     error between them)."""
     neutral = {
         "cryo_death_multiplier": 1.0,
+        "thaw_death_rate_per_h": 0.0,
         "phagocyte_migration_rate_per_h": 0.0,
         "efferocytosis_capacity_per_g": 1e30,
         "ibmir_max_kill_fraction": 0.0,
@@ -77,6 +78,40 @@ def test_freshly_thawed_cells_persist_less_and_rescue_restores():
     assert thawed <= 0.5 * fresh
     assert abs(rescued - fresh) <= 0.2 * fresh
     assert lung24(preparation="rescued", rescue_h=4.0) < lung24(preparation="rescued", rescue_h=16.0) < fresh
+
+
+def test_thawed_cells_die_faster_in_a_depot_without_any_immunity():
+    """Cryo-injury raises every site's death rate, the IM depot's included, by the
+    multiplier and the added apoptosis hazard, also where no immune response exists (NSG).
+    With no exit from the depot, thawed over fresh viable cells is exactly
+    exp(-((m - 1) k_depot + k_thaw) t) (Braid 2018: thawed IM cells mostly cleared by
+    day 3 in athymic mice, shared/LITERATURE.md)."""
+    k_thaw = 0.02
+    params = {"depot_exit_rate_per_h": {"im": 0.0}, "thaw_death_rate_per_h": k_thaw}
+    times = np.array([24.0, 72.0])
+
+    def whole_body(preparation, **kw):
+        product = mscpk.cell_product("bm_msc", preparation=preparation, **kw)
+        r = mscpk.simulate(
+            "mouse",
+            product,
+            cells=1e6,
+            route="im",
+            t_end_h=72.0,
+            times_h=times,
+            host=mscpk.Host(immune_status="nsg"),
+            parameters=params,
+        )
+        return r.percent_of_dose("viable_cells")["whole_body"].to_numpy()
+
+    k = mscpk.KineticParameters.default()
+    k_depot = float(k.depot_death_rate_per_h[mscpk.model.layout.DEPOTS.index("im")])
+    expected = np.exp(-((float(k.cryo_death_multiplier) - 1.0) * k_depot + k_thaw) * times)
+    fresh = whole_body("fresh")
+    np.testing.assert_allclose(whole_body("thawed") / fresh, expected, rtol=1e-6)
+    # Overnight rescue (16 h) leaves injury exp(-16/6): most of the loss is gone.
+    rescued = whole_body("rescued", rescue_h=16.0) / fresh
+    assert np.all(rescued > expected) and np.all(rescued > 0.85)
 
 
 def test_efferocytosis_moves_label_out_of_lung_while_viable_cells_stay():

@@ -180,6 +180,22 @@ def _registry() -> tuple[Calibrated, ...]:
             uses=("host:athymic",),
         )
     )
+    out.append(
+        Calibrated(
+            "thaw_death_rate",
+            "kinetic",
+            "thaw_death_rate_per_h",
+            None,
+            False,
+            "lognormal",
+            float(_K.thaw_death_rate_per_h),
+            1.5,
+            "1/h",
+            "ASSUMPTION default (apoptosis of cryo-injured cells over days; Antebi 2019): "
+            "log SD 1.5. Informed by thawed-product rows (Braid 2018 IM day 3).",
+            uses=("preparation:thawed",),
+        )
+    )
     for iso in ISOTOPES:
         i = ISOTOPES.index(iso)
         out.append(
@@ -226,19 +242,21 @@ TAU_SCALE: dict[str, float] = {"survival": 0.5, "lung": 0.3, "scale": 0.5}
 
 
 def table_tags(table) -> set[str]:
-    """What an evidence table uses: ``family:<f>``, ``isotope:<i>``, ``route:<r>``, ``host:<h>``."""
+    """What an evidence table uses: ``family:<f>``, ``isotope:<i>``, ``route:<r>``,
+    ``host:<h>``, ``preparation:<p>``."""
     from ..evidence.schema import ASSAY_FAMILY
 
     tags = {f"family:{ASSAY_FAMILY[a]}" for a in table.assay}
     tags |= {f"isotope:{i}" for i in table.isotope if isinstance(i, str) and i}
     tags |= {f"route:{r}" for r in table.route}
     tags |= {f"host:{h}" for h in table.host_immune}
+    tags |= {f"preparation:{p}" for p in table.preparation}
     return tags
 
 
 def informed(table, registry: tuple[Calibrated, ...] = REGISTRY) -> tuple[Calibrated, ...]:
-    """Entries of ``registry`` whose ``uses`` the table satisfies (family/isotope/route/host
-    tags: a PCR-only parameter is not calibrated without PCR rows)."""
+    """Entries of ``registry`` whose ``uses`` the table satisfies (family/isotope/route/host/
+    preparation tags: a PCR-only parameter is not calibrated without PCR rows)."""
     tags = table_tags(table)
     return tuple(c for c in registry if all(u in tags for u in c.uses))
 

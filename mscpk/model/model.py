@@ -143,15 +143,24 @@ class Model(eqx.Module):
     @property
     def rates(self) -> KineticParameters:
         """Parameters scaled to this species' body weight and, with the preparation
-        mechanism on, death rates raised by the product's cryo-injury."""
+        mechanism on, death rates raised by the product's cryo-injury index ``I``: at
+        every site (organs, blood, local depots) ``k -> k * (1 + (m - 1) I) + k_thaw I``
+        with ``m`` = ``cryo_death_multiplier`` and ``k_thaw`` = ``thaw_death_rate_per_h``.
+        The multiplier raises a site's own death rate; the added hazard is the apoptosis
+        of injured cells, which does not depend on the site or on host immunity."""
         p = self.parameters.scaled_to(self.species.body_weight_g)
         if self.mechanisms.preparation and self.product.preparation != "fresh":
             injury = self.product.cryo_injury(p.cryo_recovery_time_h)
             factor = 1.0 + (p.cryo_death_multiplier - 1.0) * injury
+            extra = p.thaw_death_rate_per_h * injury
             p = eqx.tree_at(
-                lambda q: (q.death_rate_per_h, q.blood_death_rate_per_h),
+                lambda q: (q.death_rate_per_h, q.blood_death_rate_per_h, q.depot_death_rate_per_h),
                 p,
-                (p.death_rate_per_h * factor, p.blood_death_rate_per_h * factor),
+                (
+                    p.death_rate_per_h * factor + extra,
+                    p.blood_death_rate_per_h * factor + extra,
+                    p.depot_death_rate_per_h * factor + extra,
+                ),
             )
         return p
 

@@ -46,6 +46,7 @@ MAY_BE_ZERO: tuple[str, ...] = (
     "release_rate_per_h",
     "death_rate_per_h",
     "blood_death_rate_per_h",
+    "thaw_death_rate_per_h",
     "label_leak_rate_per_h",
     "label_residual_loss_rate_per_h",
     "dna_degradation_rate_per_h",
@@ -107,6 +108,10 @@ class KineticParameters(eqx.Module):
     - ``label_residual_loss_rate_per_h``: elution of label retained by phagocytes.
     - ``cryo_death_multiplier``: death-rate multiplier of freshly thawed cells (>= 1).
     - ``cryo_recovery_time_h``: time constant of recovery from cryo-injury in culture.
+    - ``thaw_death_rate_per_h``: extra death rate of cryo-injured cells at every site
+      (organs, blood, local depots), added to the site's own rate and scaled by the
+      product's cryo-injury index (apoptosis of injured cells, independent of host
+      immunity).
     - ``efferocytosis_capacity_per_g``: dead cells per g of organ at which engulfment
       runs at half its low-load rate (saturation).
     - ``digestion_rate_per_h``: digestion of engulfed cells.
@@ -153,6 +158,7 @@ class KineticParameters(eqx.Module):
     label_residual_loss_rate_per_h: Float[Array, ""]
     cryo_death_multiplier: Float[Array, ""]
     cryo_recovery_time_h: Float[Array, ""]
+    thaw_death_rate_per_h: Float[Array, ""]
     efferocytosis_capacity_per_g: Float[Array, ""]
     digestion_rate_per_h: Float[Array, ""]
     phagocyte_migration_rate_per_h: Float[Array, ""]
