@@ -86,7 +86,7 @@ LONG_TESTS = (
     "test_dense_metric_from_a_pilot_run_is_kept",
     "test_laplace_metric_is_the_inverse_hessian_and_scatters_the_starts",
     "test_notebook_executes[02_mechanisms.ipynb]",
-    "test_likelihood_and_gradient_finite_and_match_finite_differences",
+    "test_likelihood_and_gradient_finite_match_finite_differences_and_prior_draws",
     "test_notebook_executes[01_quickstart.ipynb]",
     "test_gradient_every_model_parameter",
 )

@@ -118,7 +118,11 @@ def test_recovery_rejects_bad_settings(reduced):
 def test_recovery_small(reduced):
     """Fits to synthetic data at prior draws cover the truth in >= 80% of cases
     (8 data sets x 2 parameters; about 1-2 min)."""
-    _check_recovery(checks.recovery(reduced, jax.random.PRNGKey(11), replicates=8, warmup=150, draws=150))
+    _check_recovery(
+        checks.recovery(
+            reduced, jax.random.PRNGKey(11), replicates=8, warmup=150, draws=150, max_tree_depth=4
+        )
+    )
 
 
 @pytest.mark.skipif(not os.environ.get("MSCPK_LONG_TESTS"), reason="about 4 min: set MSCPK_LONG_TESTS=1")

@@ -154,7 +154,9 @@ def value_only(lik):
     return jax.jit(lik.function())
 
 
-def test_likelihood_and_gradient_finite_and_match_finite_differences(lik, value_and_grad, value_only):
+def test_likelihood_and_gradient_finite_match_finite_differences_and_prior_draws(
+    lik, value_and_grad, value_only
+):
     k, o = mscpk.KineticParameters.default(), ObservationParameters.default()
     value, (gk, go) = value_and_grad(k, o)
     assert np.isfinite(float(value))
@@ -201,9 +203,7 @@ def test_likelihood_and_gradient_finite_and_match_finite_differences(lik, value_
         assert abs(float(grad)) > 0, name
         xf = float(xi)
         np.testing.assert_allclose(xf * float(grad), xf * fd, rtol=2e-4, atol=1e-10, err_msg=name)
-
-
-def test_likelihood_finite_at_prior_draws(value_and_grad):
+    # Finite at prior draws too (in this test: the gradient's compilation, ~50 s, is shared).
     for k, o in priors.sample(jax.random.PRNGKey(0), 3):
         value, grads = value_and_grad(k, o)
         assert np.isfinite(float(value))
