@@ -24,7 +24,7 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 from mscpk.model import model as _m
-from mscpk.model.layout import BLOOD, N_COMPARTMENTS, fast_slots, unpack
+from mscpk.model.layout import BLOOD, N_BLOOD, N_COMPARTMENTS, ORGANS, fast_slots, unpack
 from mscpk.solve.segments import SolverConfig, event_schedule
 
 _OUTSIDE = np.asarray(_m._OUTSIDE)
@@ -138,7 +138,7 @@ def numpy_field(p: dict, y: np.ndarray, fast: np.ndarray | None = None) -> np.nd
     d_depot_label = -(d_death + leave + leak)[None, :] * dl + to_wound_l[:, None] * wound[None, :]
     label_eliminated = (
         leak * (label_viable.sum() + label_dead.sum())
-        + r.label_residual_loss_rate_per_h * x.label_residual.sum()
+        + r.label_residual_loss_rate_per_h * (x.label_residual.sum() + x.lung_resident_label)
         + label_lost * (1.0 - tr.label_dead_share)
         + dying_l.sum(0) @ _OUTSIDE
         + leak * dl.sum()
@@ -149,15 +149,30 @@ def numpy_field(p: dict, y: np.ndarray, fast: np.ndarray | None = None) -> np.nd
         engulf, label_engulf = per_cell * dead, per_cell * label_dead
         digested = r.digestion_rate_per_h * x.engulfed
         label_digested = r.digestion_rate_per_h * x.label_engulfed
+        # Lung-resident macrophages take a share of the lung's engulfment and keep it.
+        lung = N_BLOOD + ORGANS.index("lung")
+        f_res = r.lung_resident_engulfment_fraction
+        res_in, res_label_in = f_res * engulf[lung], f_res * label_engulf[lung]
+        res_dig = r.digestion_rate_per_h * x.lung_resident_engulfed
+        res_label_dig = r.digestion_rate_per_h * x.lung_resident_label_engulfed
+        engulf_m, label_engulf_m = engulf.copy(), label_engulf.copy()
+        engulf_m[lung] -= res_in
+        label_engulf_m[lung] -= res_label_in
+        d_resident = [
+            res_in - res_dig,
+            res_label_in - res_label_dig,
+            res_dig - r.dna_degradation_rate_per_h * x.lung_resident_dna,
+            res_label_dig - r.label_residual_loss_rate_per_h * x.lung_resident_label,
+        ]
         d_dead = dead_in - engulf
         d_dna = digested - r.dna_degradation_rate_per_h * x.dna_residual + migrate @ x.dna_residual
         d_label_dead = label_dead_in - label_engulf - leak * label_dead
         d_label_residual = (
             label_digested - r.label_residual_loss_rate_per_h * x.label_residual + migrate @ x.label_residual
         )
-        d_engulfed = dest @ engulf - digested + migrate @ x.engulfed
-        d_label_engulfed = dest @ label_engulf - label_digested + migrate @ x.label_engulfed
-        d_cleared = digested.sum()
+        d_engulfed = dest @ engulf_m - digested + migrate @ x.engulfed
+        d_label_engulfed = dest @ label_engulf_m - label_digested + migrate @ x.label_engulfed
+        d_cleared = digested.sum() + res_dig
         d_il10 = r.il10_yield_pg_per_cell * engulf.sum() / tr.plasma_ml - r.il10_clearance_rate_per_h * x.il10
     else:
         cleared, label_cleared = clear * dead, clear * label_dead
@@ -168,10 +183,11 @@ def numpy_field(p: dict, y: np.ndarray, fast: np.ndarray | None = None) -> np.nd
         d_engulfed = d_label_engulfed = np.zeros(N_COMPARTMENTS)
         d_cleared = cleared.sum()
         d_il10 = 0.0
+        d_resident = [0.0, 0.0, 0.0, 0.0]
     scalars = np.array(
         [
             d_cleared,
-            r.dna_degradation_rate_per_h * x.dna_residual.sum(),
+            r.dna_degradation_rate_per_h * (x.dna_residual.sum() + x.lung_resident_dna),
             label_eliminated,
             d_il10,
             -r.tat_clearance_rate_per_h * tat,
@@ -181,6 +197,7 @@ def numpy_field(p: dict, y: np.ndarray, fast: np.ndarray | None = None) -> np.nd
             d_relief,
             dying.sum(0) @ _OUTSIDE,  # extracorporeal_removed
             secretion / tr.plasma_ml - r.secreted_factor_clearance_rate_per_h * x.secreted_factor,
+            *d_resident,
         ]
     )
     return np.concatenate(

@@ -19,6 +19,7 @@ from mscpk.calibration.registry import apply
 from mscpk.evidence import load
 from mscpk.evidence.likelihood import EvidenceLikelihood
 from mscpk.evidence.scenarios import StudyEffects
+from mscpk.evidence.schema import ASSAY_FAMILY
 from mscpk.observation.parameters import ObservationParameters
 
 
@@ -26,6 +27,16 @@ from mscpk.observation.parameters import ObservationParameters
 def reduced():
     """Viable lung cells of one mouse IV scenario at 12 times; 2 calibrated parameters."""
     return checks.reduced_problem()
+
+
+@pytest.fixture(scope="module")
+def reduced_data(reduced):
+    """The reduced problem with data simulated at the defaults in its table (the
+    placeholder values of 1 cell make a posterior far in a tail, where a short NUTS run
+    may barely move): for tests of the sampler's mechanics."""
+    truth = {"death_rate_scale": jnp.asarray(1.0), "sigma_flow": jnp.asarray(0.5)}
+    data = checks.synthetic_data(reduced, truth, jax.random.PRNGKey(3))
+    return checks.reduced_problem(values=np.asarray(data))
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +74,12 @@ def test_informed_entries_follow_the_table():
         "thaw_death_rate",
     } == set()
     assert "thaw_death_rate" not in {c.name for c in informed(table[table.preparation != "thawed"])}
+    # An "a|b" use is met by either tag: the lung-resident share is informed by lung label
+    # or lung DNA rows, not by bioluminescence alone.
+    family = table.assay.map(ASSAY_FAMILY)
+    for fam, expected in (("pcr", True), ("radiolabel", True), ("bli", False)):
+        names = {c.name for c in informed(table[family == fam])}
+        assert ("lung_resident_engulfment_fraction" in names) is expected, fam
 
 
 def test_apply_sets_scalars_elements_and_scales():
@@ -289,11 +306,12 @@ def test_simulate_defaults_and_bands_come_from_the_posterior(monkeypatch, tmp_pa
         mscpk.simulate("mouse", cells=1e6, t_end_h=24.0, posterior=True)
 
 
-def test_resumable_nuts_continues_where_it_stopped(reduced, tmp_path):
+def test_resumable_nuts_continues_where_it_stopped(reduced_data, tmp_path):
     """One NumPyro warm-up schedule and the draws, saved in pieces: a run stopped by
     ``hours`` (each call runs at least one piece) and continued with another ``chunk``
     gives the draws of an uninterrupted run; ``draws`` can be raised later, keeping the
     draws it had; the draws do not adapt; other settings are refused."""
+    reduced = reduced_data
     # Two piece lengths (10, 20) in all, so that two compilations serve the whole test.
     args = dict(chains=1, warmup=20, max_tree_depth=4, progress=False)
     key = jax.random.PRNGKey(5)
@@ -345,11 +363,12 @@ def test_resumable_nuts_continues_where_it_stopped(reduced, tmp_path):
         calfit.run_nuts_resumable(reduced, key, stopped, draws=30, chunk=0, **args)
 
 
-def test_dense_metric_from_a_pilot_run_is_kept(reduced, tmp_path):
+def test_dense_metric_from_a_pilot_run_is_kept(reduced_data, tmp_path):
     """A dense inverse mass matrix estimated from a pilot run's saved draws (the
     covariance on the unconstrained scale, shrunk as NumPyro/Stan do) is the run's
     metric, unchanged through warm-up and draws, while the step size adapts; bad
     matrices and a changed matrix on continuing are refused."""
+    reduced = reduced_data
     args = dict(chains=1, max_tree_depth=4, progress=False)
     key = jax.random.PRNGKey(7)
     calfit.run_nuts_resumable(reduced, key, tmp_path / "pilot", warmup=20, draws=20, chunk=20, **args)

@@ -135,6 +135,34 @@ def test_efferocytosis_moves_label_out_of_lung_while_viable_cells_stay():
     assert df[(24.0, "lung", "engulfed_cells")] > 0
 
 
+def test_lung_resident_macrophages_keep_label_and_dna_in_the_lung():
+    """Resident lung macrophages keep what they engulf; migratory phagocytes move it to
+    liver and spleen. Only where material sits changes: whole-body label and DNA do not
+    depend on the resident share (same digestion, elution and degradation rates)."""
+    times = np.array([24.0, 240.0])
+    out = {}
+    for f in (0.0, 0.5):
+        k = mscpk.KineticParameters.default().replace(lung_resident_engulfment_fraction=f)
+        r = mscpk.simulate("mouse", "bm_msc", cells=5e5, t_end_h=240.0, times_h=times, parameters=k)
+        state = mscpk.model.layout.unpack(r.states[-1], 5)
+        label_df = (
+            r.to_dataframe()
+            .query("quantity == 'radiolabel'")
+            .pivot(index="time_h", columns="organ", values="value")
+        )
+        out[f] = (label_df, r.percent_of_dose("donor_dna"), state)
+    label0, dna0, state0 = out[0.0]
+    label, dna, state = out[0.5]
+    assert float(state0.lung_resident_label) == 0.0 and float(state0.lung_resident_dna) == 0.0
+    assert float(state.lung_resident_label) > 0.0
+    for t, fold in ((24.0, 1.2), (240.0, 3.0)):
+        assert label.loc[t, "lung"] > fold * label0.loc[t, "lung"]
+        assert label.loc[t, "liver"] < label0.loc[t, "liver"]
+        assert dna.loc[24.0, "lung"] > dna0.loc[24.0, "lung"]
+        np.testing.assert_allclose(label.loc[t, "whole_body"], label0.loc[t, "whole_body"], rtol=1e-5)
+        np.testing.assert_allclose(dna.loc[t, "whole_body"], dna0.loc[t, "whole_body"], rtol=1e-5)
+
+
 def test_il10_auc_rises_with_engulfed_cells():
     aucs, engulfed = [], []
     for cells in (2.5e5, 5e5, 1e6):

@@ -253,12 +253,15 @@ def reduced_problem(
     entries=("death_rate_scale", "sigma_flow"),
     n_size_classes: int = 1,
     rtol: float = 1e-6,
+    values=None,
 ):
     """A small, fast problem for recovery tests: viable lung cells of one mouse IV
     scenario at ``times_h`` (values are placeholders, replaced by synthetic data),
     calibrating the registry ``entries`` only, without study effects. Reduced numerics
     (one diameter class, ``rtol`` 1e-6) make a gradient ~4x cheaper (4 ms with jax 0.4.31);
-    data are simulated with the same model, so recovery is unaffected."""
+    data are simulated with the same model, so recovery is unaffected. ``values``: the
+    rows' values (viable cells, one per time); default placeholders of 1 cell, which
+    functions given their own data (:func:`recovery`) replace."""
     from ..evidence import load
     from ..evidence.likelihood import EvidenceLikelihood
     from ..solve.segments import SolverConfig
@@ -266,14 +269,17 @@ def reduced_problem(
 
     table = load()
     template = table[table.row_id == RECOVERY_TEMPLATE_ROW].iloc[0]
+    values = np.ones(len(times_h)) if values is None else np.asarray(values, dtype=float)
+    if values.shape != (len(times_h),) or not np.all(values > 0):
+        raise ValueError(f"values: expected {len(times_h)} positive values (one per time), got {values!r}")
     rows = []
-    for t in times_h:
+    for t, value in zip(times_h, values, strict=True):
         r = template.copy()
         r["row_id"] = f"synthetic_lung_{float(t):g}h"
         r["study_id"] = "synthetic"
         r["time_h"] = float(t)
         r["censoring"] = "none"
-        r["value"] = 1.0
+        r["value"] = float(value)
         r["detection_limit"] = float("nan")
         r["notes"] = (
             f"SYNTHETIC row for recovery tests: the design of {RECOVERY_TEMPLATE_ROW}, value a placeholder "

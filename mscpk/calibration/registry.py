@@ -52,7 +52,8 @@ class Calibrated:
       (0, 1), ``log_sd`` on the logit scale).
     - ``units``, ``basis``: units of the sampled value; citation or reasoning of the prior.
     - ``uses``: assay families or isotopes a row must use for the parameter to be
-      informed (empty: always calibrated).
+      informed (empty: always calibrated); every item must be met, and an item
+      ``"a|b"`` is met by either tag.
     """
 
     name: str
@@ -182,6 +183,22 @@ def _registry() -> tuple[Calibrated, ...]:
     )
     out.append(
         Calibrated(
+            "lung_resident_engulfment_fraction",
+            "kinetic",
+            "lung_resident_engulfment_fraction",
+            None,
+            False,
+            "logitnormal",
+            float(_K.lung_resident_engulfment_fraction),
+            1.5,
+            "1",
+            "ASSUMPTION default (see kinetic_defaults.csv): logit SD 1.5. Informed by lung label "
+            "(radiolabel) and lung donor DNA (PCR) rows.",
+            uses=("family:radiolabel|family:pcr",),
+        )
+    )
+    out.append(
+        Calibrated(
             "thaw_death_rate",
             "kinetic",
             "thaw_death_rate_per_h",
@@ -256,9 +273,10 @@ def table_tags(table) -> set[str]:
 
 def informed(table, registry: tuple[Calibrated, ...] = REGISTRY) -> tuple[Calibrated, ...]:
     """Entries of ``registry`` whose ``uses`` the table satisfies (family/isotope/route/host/
-    preparation tags: a PCR-only parameter is not calibrated without PCR rows)."""
+    preparation tags: a PCR-only parameter is not calibrated without PCR rows; ``"a|b"``
+    is satisfied by either tag)."""
     tags = table_tags(table)
-    return tuple(c for c in registry if all(u in tags for u in c.uses))
+    return tuple(c for c in registry if all(any(t in tags for t in u.split("|")) for u in c.uses))
 
 
 def apply(

@@ -18,7 +18,9 @@ circulating viable cells are quasi-steady and computed from the fluxes into bloo
 - per compartment ``C``: ``dead`` (dead cells, intact, not yet engulfed), ``dna_residual``
   (donor DNA left in phagocytes/tissue after dead cells are cleared), ``label_dead``
   (label in dead cells), ``label_residual`` (label retained after clearance);
-- cumulative scalars: ``cells_cleared``, ``dna_degraded``, ``label_eliminated``.
+- cumulative scalars: ``cells_cleared``, ``dna_degraded``, ``label_eliminated``;
+- lung-resident macrophage pools (scalars): engulfed cells and their label, residual DNA
+  and label; they stay in the lung, while the per-compartment phagocyte pools migrate.
 
 Units: cells (and cell-equivalents of DNA or label), see :mod:`mscpk.units`.
 """
@@ -110,6 +112,10 @@ SCALARS: tuple[str, ...] = (
     "inflammation_relief",
     "extracorporeal_removed",
     "secreted_factor",
+    "lung_resident_engulfed",
+    "lung_resident_label_engulfed",
+    "lung_resident_dna",
+    "lung_resident_label",
 )
 
 
@@ -128,6 +134,10 @@ class State(NamedTuple):
     level of the donor cells' secreted factor (ng/mL above baseline). ``engulfed`` are dead cells inside phagocytes (with their DNA), before
     digestion; ``label_engulfed`` their label. ``cells_cleared``, ``dna_degraded`` and
     ``label_eliminated`` are cumulative.
+    ``lung_resident_*`` are what lung-resident macrophages (which do not leave the lung)
+    hold: engulfed dead cells with their label, and the DNA and label left after digestion.
+    The compartment pools' lung entries are what migratory phagocytes hold (they carry it
+    to liver and spleen); :meth:`mscpk.Model.observe` adds the two.
     """
 
     viable: Float[Array, "S O"]
@@ -151,6 +161,10 @@ class State(NamedTuple):
     inflammation_relief: Float[Array, ""]
     extracorporeal_removed: Float[Array, ""]
     secreted_factor: Float[Array, ""]
+    lung_resident_engulfed: Float[Array, ""]
+    lung_resident_label_engulfed: Float[Array, ""]
+    lung_resident_dna: Float[Array, ""]
+    lung_resident_label: Float[Array, ""]
 
 
 assert State._fields == SIZE_RESOLVED_POOLS + DEPOT_POOLS + COMPARTMENT_POOLS + SCALARS

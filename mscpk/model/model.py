@@ -14,7 +14,10 @@ the quasi-steady circulation (:mod:`mscpk.model.transport`), :math:`k_d` are dea
 blood. Dead cells :math:`D` (per compartment, blood included) are cleared at :math:`k_c`:
 their count goes to ``cells_cleared``, their DNA to the residual pool :math:`R` and their
 label to :math:`L^R` (blood-borne debris into liver and spleen); :math:`R` degrades at
-:math:`k_{dna}` and :math:`L^R` elutes at :math:`k_{LR}`. Every flow leaves one pool and
+:math:`k_{dna}` and :math:`L^R` elutes at :math:`k_{LR}`. With efferocytosis on, dead cells are
+first engulfed, then digested; in the lung a share :math:`f_{res}` is engulfed by
+resident macrophages, which keep it (and its DNA and label) in the lung, while migratory
+phagocytes carry the rest to liver and spleen. Every flow leaves one pool and
 enters another or a cumulative counter, so cells, donor DNA and label are each conserved
 exactly (:meth:`Model.totals`).
 """
@@ -50,6 +53,7 @@ from .transport import Circulation, circulation, first_pass_extraction, size_ext
 
 _LIVER = ORGANS.index("liver")
 _SPLEEN = ORGANS.index("spleen")
+_LUNG_C = N_BLOOD + ORGANS.index("lung")
 _PORTAL = jnp.array([o in ("gut", "spleen") for o in ORGANS], dtype=float)
 _WOUND = DEPOTS.index("wound")
 #: (C, D): the compartment each local site lies in (cartridge column empty).
@@ -365,20 +369,25 @@ class Model(eqx.Module):
             depot_viable=dp["depot_viable"],
             depot_label=dp["depot_label"],
             extracorporeal_removed=dp["extracorporeal_removed"],
-            dna_degraded=r.dna_degradation_rate_per_h * x.dna_residual.sum(),
+            dna_degraded=r.dna_degradation_rate_per_h * (x.dna_residual.sum() + x.lung_resident_dna),
             label_eliminated=leak * (x.label_viable.sum() + x.label_dead.sum())
-            + r.label_residual_loss_rate_per_h * x.label_residual.sum()
+            + r.label_residual_loss_rate_per_h * (x.label_residual.sum() + x.lung_resident_label)
             + label_lost * (1.0 - tr.label_dead_share)
             + dp["label_eliminated"],
             **signals,
         )
         if self.mechanisms.efferocytosis:
-            # Dead cells are engulfed (saturable per organ), digested, and lung phagocytes
-            # migrate to liver and spleen with what they hold (cells, DNA, label).
+            # Dead cells are engulfed (saturable per organ) and digested. In the lung a
+            # share is engulfed by resident macrophages, which stay; migratory phagocytes
+            # leave for liver and spleen with what they hold (cells, DNA, label).
             per_cell = clear / (1.0 + x.dead / tr.capacity)
             engulf, label_engulf = per_cell * x.dead, per_cell * x.label_dead
+            f_res = r.lung_resident_engulfment_fraction
+            resident_in, resident_label_in = f_res * engulf[_LUNG_C], f_res * label_engulf[_LUNG_C]
             digested = r.digestion_rate_per_h * x.engulfed
             label_digested = r.digestion_rate_per_h * x.label_engulfed
+            resident_digested = r.digestion_rate_per_h * x.lung_resident_engulfed
+            resident_label_digested = r.digestion_rate_per_h * x.lung_resident_label_engulfed
             migrate = tr.migrate
             dx = State(
                 dead=dead_in - engulf,
@@ -389,11 +398,18 @@ class Model(eqx.Module):
                 label_residual=label_digested
                 - r.label_residual_loss_rate_per_h * x.label_residual
                 + migrate @ x.label_residual,
-                engulfed=dest @ engulf - digested + migrate @ x.engulfed,
-                label_engulfed=dest @ label_engulf - label_digested + migrate @ x.label_engulfed,
-                cells_cleared=digested.sum(),
+                engulfed=dest @ engulf.at[_LUNG_C].add(-resident_in) - digested + migrate @ x.engulfed,
+                label_engulfed=dest @ label_engulf.at[_LUNG_C].add(-resident_label_in)
+                - label_digested
+                + migrate @ x.label_engulfed,
+                cells_cleared=digested.sum() + resident_digested,
                 il10=r.il10_yield_pg_per_cell * engulf.sum() / tr.plasma_ml
                 - r.il10_clearance_rate_per_h * x.il10,
+                lung_resident_engulfed=resident_in - resident_digested,
+                lung_resident_label_engulfed=resident_label_in - resident_label_digested,
+                lung_resident_dna=resident_digested - r.dna_degradation_rate_per_h * x.lung_resident_dna,
+                lung_resident_label=resident_label_digested
+                - r.label_residual_loss_rate_per_h * x.lung_resident_label,
                 **common,
             )
         else:
@@ -409,6 +425,10 @@ class Model(eqx.Module):
                 label_engulfed=zero_c,
                 cells_cleared=cleared.sum(),
                 il10=jnp.zeros(()),
+                lung_resident_engulfed=jnp.zeros(()),
+                lung_resident_label_engulfed=jnp.zeros(()),
+                lung_resident_dna=jnp.zeros(()),
+                lung_resident_label=jnp.zeros(()),
                 **common,
             )
         return pack(dx)
@@ -799,6 +819,10 @@ class Model(eqx.Module):
                 inflammation_relief=zero,
                 extracorporeal_removed=outside,
                 secreted_factor=zero,
+                lung_resident_engulfed=zero,
+                lung_resident_label_engulfed=zero,
+                lung_resident_dna=zero,
+                lung_resident_label=zero,
             )
         )
 
@@ -871,15 +895,17 @@ class Model(eqx.Module):
         k_fast = self.fast_rates(tr)
         dead = x.dead.at[..., BLOOD].add(died / k_fast[0])
         label_dead = x.label_dead.at[..., BLOOD].add(lost_l * tr.label_dead_share / k_fast[1])
+        # Lung phagocytes: migratory (compartment pools) plus resident (lung scalars).
+        lung = _LUNG_C
         return Observed(
             viable,
             label_viable,
             dead,
-            x.dna_residual,
+            x.dna_residual.at[..., lung].add(x.lung_resident_dna),
             label_dead,
-            x.label_residual,
-            x.engulfed,
-            x.label_engulfed,
+            x.label_residual.at[..., lung].add(x.lung_resident_label),
+            x.engulfed.at[..., lung].add(x.lung_resident_engulfed),
+            x.label_engulfed.at[..., lung].add(x.lung_resident_label_engulfed),
             x.label_eliminated,
             x.il10,
             x.tat,
@@ -893,16 +919,19 @@ class Model(eqx.Module):
         """Conserved totals of a state (or batch of states): cells, DNA, label."""
         x = unpack_batch(y, self.n_size_classes)
         viable = x.viable.sum((-1, -2)) + x.depot_viable.sum((-1, -2))
-        dead, engulfed = x.dead.sum(-1), x.engulfed.sum(-1)
+        dead, engulfed = x.dead.sum(-1), x.engulfed.sum(-1) + x.lung_resident_engulfed
         outside = x.device_retained + x.extracorporeal_removed
         cells = viable + dead + engulfed + x.cells_cleared + outside
-        dna = viable + dead + engulfed + x.dna_residual.sum(-1) + x.dna_degraded + outside
+        residual_dna = x.dna_residual.sum(-1) + x.lung_resident_dna
+        dna = viable + dead + engulfed + residual_dna + x.dna_degraded + outside
         label = (
             x.label_viable.sum((-1, -2))
             + x.depot_label.sum((-1, -2))
             + x.label_dead.sum(-1)
             + x.label_engulfed.sum(-1)
             + x.label_residual.sum(-1)
+            + x.lung_resident_label_engulfed
+            + x.lung_resident_label
             + x.label_eliminated
             + x.device_retained
         )

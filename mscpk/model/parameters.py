@@ -38,6 +38,7 @@ FRACTIONS: tuple[str, ...] = (
     "ibmir_thrombus_fraction",
     "hla_matched_response_fraction",
     "athymic_response_fraction",
+    "lung_resident_engulfment_fraction",
     "device_retention_fraction",
     "microgravity_plasma_volume_loss_fraction",
 )
@@ -117,6 +118,10 @@ class KineticParameters(eqx.Module):
     - ``digestion_rate_per_h``: digestion of engulfed cells.
     - ``phagocyte_migration_rate_per_h``: departure of lung phagocytes (with what they
       engulfed) to liver and spleen.
+    - ``lung_resident_engulfment_fraction``: share of the dead cells engulfed in the lung
+      that is taken up by lung-resident macrophages, which keep what they engulfed (and
+      its digested DNA and label) in the lung; the rest is taken up by migratory
+      phagocytes (``phagocyte_migration_rate_per_h``).
     - ``il10_yield_pg_per_cell``: IL-10 released into plasma per engulfed cell (pg).
     - ``il10_clearance_rate_per_h``: clearance of plasma IL-10.
     - ``ibmir_max_kill_fraction``: largest fraction of entering cells destroyed by IBMIR.
@@ -162,6 +167,7 @@ class KineticParameters(eqx.Module):
     efferocytosis_capacity_per_g: Float[Array, ""]
     digestion_rate_per_h: Float[Array, ""]
     phagocyte_migration_rate_per_h: Float[Array, ""]
+    lung_resident_engulfment_fraction: Float[Array, ""]
     il10_yield_pg_per_cell: Float[Array, ""]
     il10_clearance_rate_per_h: Float[Array, ""]
     ibmir_max_kill_fraction: Float[Array, ""]
