@@ -116,7 +116,13 @@ def numpy_field(p: dict, y: np.ndarray, fast: np.ndarray | None = None) -> np.nd
             - r.inflammation_relapse_rate_per_h * rel
         )
     if strength is not None:
-        donor = viable.sum() + dead.sum() + x.engulfed.sum() + dv.sum(0) @ (1.0 - _OUTSIDE)
+        donor = (
+            viable.sum()
+            + dead.sum()
+            + x.engulfed.sum()
+            + x.lung_resident_engulfed
+            + dv.sum(0) @ (1.0 - _OUTSIDE)
+        )
         antigen = donor / (donor + r.antigen_half_cells_per_g * p["body_weight_g"])
         z, m = x.immune_effector, x.immune_memory
         activation = r.alloimmune_activation_rate_per_h * (1.0 + r.alloimmune_memory_boost * m) / p["potency"]

@@ -515,7 +515,11 @@ class Model(eqx.Module):
             )
         if strength is not None:
             donor_cells = (
-                x.viable.sum() + x.dead.sum() + x.engulfed.sum() + x.depot_viable.sum(0) @ (1.0 - _OUTSIDE)
+                x.viable.sum()
+                + x.dead.sum()
+                + x.engulfed.sum()
+                + x.lung_resident_engulfed
+                + x.depot_viable.sum(0) @ (1.0 - _OUTSIDE)
             )
             half = r.antigen_half_cells_per_g * self.species.body_weight_g
             antigen = donor_cells / (donor_cells + half)
