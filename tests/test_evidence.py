@@ -115,10 +115,12 @@ def test_batched_scenarios_reproduce_simulate(lik):
     assert checked == 3
 
 
-def test_censored_rows_have_a_bounded_lapse_term(lik):
-    """Bound, detection and interval rows: log(eps + (1 - eps) P) with P the log-normal
-    probability of the statement (checked with SciPy from the returned prediction and
-    SD); a parameter set that breaks them costs at most -log(eps) each."""
+def test_censored_statements_have_one_bounded_lapse_term_each(lik, table):
+    """Bound, detection and interval rows: the rows read from one quoted statement (same
+    study and quote) enter as log(eps + (1 - eps) prod P) with P the log-normal probability
+    of each row (checked with SciPy from the returned predictions and SDs), shared among the
+    rows in proportion to log P; a parameter set that breaks a statement costs at most
+    -log(eps) for the whole statement, not per row."""
     from scipy.stats import norm
 
     from mscpk.evidence.likelihood import CENSORED_LAPSE, TERMS
@@ -129,6 +131,12 @@ def test_censored_rows_have_a_bounded_lapse_term(lik):
     term = np.asarray(rows.term)
     censored = term != TERMS.index("point")
     assert censored.sum() >= 5
+    # Statements computed here from the table, independently of the likelihood's grouping.
+    key = [f"{s}|{' '.join(q.split())}" for s, q in zip(table.study_id, table.quote)]
+    statements = {k: np.flatnonzero(censored & (np.array(key) == k)) for k in set(np.array(key)[censored])}
+    braid_im = statements[key[int(np.flatnonzero(table.row_id == "braid2018_im_bm_msc_5months")[0])]]
+    assert sorted(table.row_id[braid_im]) == ["braid2018_im_bm_msc_5months", "braid2018_im_uc_msc_5months"]
+    assert sum(len(v) > 1 for v in statements.values()) >= 5
     limit = np.asarray(obs.detection_limit_cells)[np.asarray(rows.family)]
     lo = np.where(np.isnan(rows.lower), limit, rows.lower)
     hi = np.where(np.isnan(rows.upper), limit, rows.upper)
@@ -137,16 +145,38 @@ def test_censored_rows_have_a_bounded_lapse_term(lik):
     for k in (base, fast):
         out = lik.terms(k, obs)
         mu, sd = np.log(np.maximum(np.asarray(out.predicted), 1e-300)), np.asarray(out.sigma)
-        p = np.select(
+        z_lo, z_hi = (np.log(lo) - mu) / sd, (np.log(hi) - mu) / sd
+        with np.errstate(divide="ignore", invalid="ignore"):  # branches not taken
+            inside = np.where(  # log(Phi(z_hi) - Phi(z_lo)) from the tail away from the mass
+                z_lo > 0,
+                norm.logsf(z_lo) + np.log1p(-np.exp(norm.logsf(z_hi) - norm.logsf(z_lo))),
+                norm.logcdf(z_hi) + np.log1p(-np.exp(norm.logcdf(z_lo) - norm.logcdf(z_hi))),
+            )
+        log_p = np.select(
             [term == TERMS.index("lower"), term == TERMS.index("upper")],
-            [norm.sf((np.log(lo) - mu) / sd), norm.cdf((np.log(hi) - mu) / sd)],
-            norm.cdf((np.log(hi) - mu) / sd) - norm.cdf((np.log(lo) - mu) / sd),
+            [norm.logsf(z_lo), norm.logcdf(z_hi)],
+            inside,
         )
-        expected = np.log(eps + (1 - eps) * p)
         got = np.asarray(out.log_lik)
-        np.testing.assert_allclose(got[censored], expected[censored], rtol=1e-9, atol=1e-12)
-        assert np.all(got[censored] >= np.log(eps) - 1e-12)
-    assert np.any(got[censored] < np.log(eps) + 0.1)  # the fast-dying cells break some statements
+        for members in statements.values():
+            expected = np.log(eps + (1 - eps) * np.exp(np.sum(log_p[members])))
+            np.testing.assert_allclose(np.sum(got[members]), expected, rtol=1e-9, atol=1e-12)
+            assert np.sum(got[members]) >= np.log(eps) - 1e-12
+            assert np.all(got[members] <= 1e-12)
+            if np.sum(log_p[members]) < -1e-6:  # shared in proportion to log P
+                share = log_p[members] / np.sum(log_p[members])
+                np.testing.assert_allclose(got[members], expected * share, rtol=1e-6, atol=1e-12)
+    # The fast-dying cells break statements, among them Braid's IM persistence (both rows
+    # far below the detection limit at 150 d), which then costs log(eps) once, not twice.
+    assert np.all(log_p[braid_im] < -50)
+    np.testing.assert_allclose(np.sum(got[braid_im]), np.log(eps), atol=1e-9)
+    # A table whose two Braid rows carry different quotes counts two lapses.
+    split = table.copy()
+    split.loc[split.row_id == "braid2018_im_uc_msc_5months", "quote"] = "a different statement, for this test"
+    two = EvidenceLikelihood(split.iloc[braid_im])
+    one = EvidenceLikelihood(table.iloc[braid_im])
+    np.testing.assert_allclose(float(two(fast, obs)), 2 * np.log(eps), atol=1e-9)
+    np.testing.assert_allclose(float(one(fast, obs)), np.log(eps), atol=1e-9)
 
 
 @pytest.fixture(scope="module")

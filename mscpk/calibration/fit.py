@@ -413,6 +413,7 @@ def _run_config(problem, chains, warmup, max_tree_depth, target_accept, key) -> 
         "studies": list(problem.study_ids),
         "evidence_rows": int(len(problem.likelihood.table)),
         "censored_lapse": CENSORED_LAPSE,  # the likelihood changed with it (runs before it lack it)
+        "lapse_unit": "statement",  # one lapse per quoted statement (session 15; was per row)
         "key": np.asarray(
             jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
         ).tolist(),

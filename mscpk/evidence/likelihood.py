@@ -23,8 +23,12 @@ log scale (SD or SEM·√n as :math:`\sqrt{\ln(1+CV^2)}`, a 95% CI as
 :math:`\ln(hi/lo)/3.92`) plus its digitisation uncertainty. Point values give the
 log-normal density; bounds and detection limits give :math:`\log\Phi` terms; intervals
 (interval censoring, ranges over subjects) give :math:`\log(\Phi(z_{hi})-\Phi(z_{lo}))`.
-These censored probabilities :math:`P` enter as :math:`\epsilon + (1-\epsilon)P` with a
-lapse probability :math:`\epsilon` = :data:`CENSORED_LAPSE` (an assumption, see there).
+These censored probabilities enter through a lapse: the censored rows read from one
+quoted source statement (same study, same ``quote``) form a group :math:`g` whose term is
+:math:`\log(\epsilon + (1-\epsilon)\prod_{i\in g} P_i)`, with a lapse probability
+:math:`\epsilon` = :data:`CENSORED_LAPSE` (an assumption, see there); the group's term is
+shared among its rows in proportion to their :math:`\log P_i` (equally while all hold),
+so the rows' terms add up to it.
 
 A failed solve makes the log-likelihood ``-inf`` (never a silent value).
 """
@@ -91,6 +95,15 @@ _TINY = 1e-300
 #: ``exp(-k t)``, i.e. exponentially in a log-scale rate: in the calibration, points one
 #: posterior SD from the draws reached -7e6 (the 24 h lung culture row of Eggenhofer
 #: 2012) and NUTS diverged in 2-3% of its draws (benchmarks/RESULTS.md, 2026-11-23).
+#:
+#: **One lapse per source statement** (ASSUMPTION, modelling choice): a lapse is an error
+#: in a statement as read (the source's claim, our reading of it, the assumed detection
+#: limit), so the censored rows read from one quoted statement (same study and ``quote``)
+#: share one lapse event, while the experiments they describe stay independent:
+#: ``log(eps + (1 - eps) * prod_i P_i)``. Counting a lapse per row would let one sentence
+#: that was split into rows (Braid 2018: "MSCs sourced from human umbilical cord matrix or
+#: bone marrow survived more than 5 months in situ when administered IM", two rows) weigh
+#: as two independent statements when it is broken (2 x 4.6 nats instead of 4.6).
 CENSORED_LAPSE = 0.01
 #: Denominators below this count as zero (its square stays representable, so gradients
 #: of guarded divisions stay finite).
@@ -123,6 +136,8 @@ class RowArrays(eqx.Module):
     upper: Float[Array, " R"]
     row_detection: Float[Array, " R"]  # the row's own limit (canonical unit), 0 if none
     extra_sd: Float[Array, " R"]
+    lapse_group: Int[Array, " R"]  # censored rows of one source statement share an index
+    lapse_share: Float[Array, " R"]  # 1 / rows in the row's lapse group (0 for point rows)
 
 
 class Predictions(eqx.Module):
@@ -249,6 +264,7 @@ class EvidenceLikelihood:
             dl = _f(row["detection_limit"])
             cols["row_detection"].append(0.0 if dl != dl else dl * factor)
             cols["extra_sd"].append(_extra_sd(row))
+        cols["lapse_group"], cols["lapse_share"] = _lapse_groups(self.table, cols["term"])
         ints = {
             "scenario",
             "study",
@@ -262,6 +278,7 @@ class EvidenceLikelihood:
             "i_t",
             "i_t0",
             "i_tc",
+            "lapse_group",
         }
         return RowArrays(**{k: jnp.asarray(v, dtype=int if k in ints else float) for k, v in cols.items()})
 
@@ -364,6 +381,21 @@ def _term_of(row, factor) -> tuple[str, float, float, float]:
     return ("upper", 1.0, 1.0, bound) if c == "below_detection" else ("lower", 1.0, bound, 1.0)
 
 
+def _lapse_groups(table: pd.DataFrame, term: list[int]) -> tuple[list[int], list[float]]:
+    """Lapse group of each row (censored rows with the same study and quote share one;
+    every other row is its own) and the share ``1 / size`` of a censored row (0 for points)."""
+    censored = [t != TERMS.index("point") for t in term]
+    keys = [
+        (row["study_id"], " ".join(str(row["quote"]).split())) if c else ("row", i)
+        for i, (row, c) in enumerate(zip(table.to_dict("records"), censored))
+    ]
+    index = {k: g for g, k in enumerate(dict.fromkeys(keys))}
+    group = [index[k] for k in keys]
+    size = np.bincount(group, minlength=len(group))
+    share = [1.0 / size[g] if c else 0.0 for g, c in zip(group, censored)]
+    return group, share
+
+
 def _extra_sd(row) -> float:
     """Log-scale SD of the row's reported spread and digitisation (0 when none)."""
     v, u, n = _f(row["value"]), row["uncertainty_type"], _f(row["n"])
@@ -444,6 +476,20 @@ def _solve_batch(batch: ScenarioBatch, models, solver, batching: str):
     )
 
 
+def _lapse(log_p, r: RowArrays):
+    """Per-row terms of the censored rows' statement groups (see :data:`CENSORED_LAPSE`):
+    ``log(eps + (1 - eps) prod P)`` per group, shared by the rows in proportion to their
+    ``log P`` (equally while the sum is ~0); point rows get 0 here."""
+    is_censored = r.lapse_share > 0
+    log_p = jnp.where(is_censored, log_p, 0.0)
+    n = r.lapse_group.shape[0]
+    total = jax.ops.segment_sum(log_p, r.lapse_group, num_segments=n)[r.lapse_group]
+    group = jnp.logaddexp(math.log(CENSORED_LAPSE), math.log1p(-CENSORED_LAPSE) + total)
+    broken = total < -1e-12
+    weight = jnp.where(broken, log_p / jnp.where(broken, total, -1.0), r.lapse_share)
+    return jnp.where(is_censored, group * weight, 0.0)
+
+
 def _terms(
     batch: ScenarioBatch, rows: RowArrays, kinetic, observation, solver, effects=None, batching="map"
 ) -> Predictions:
@@ -507,6 +553,5 @@ def _terms(
         [log_ndtr(-z_lo), log_ndtr(z_hi)],
         _log_diff_ndtr(z_hi, jnp.minimum(z_lo, z_hi - 1e-12)),
     )
-    censored = jnp.logaddexp(math.log(CENSORED_LAPSE), math.log1p(-CENSORED_LAPSE) + censored)
-    terms = jnp.where(r.term == 0, point, censored)
+    terms = jnp.where(r.term == 0, point, _lapse(censored, r))
     return Predictions(predicted=predicted, log_lik=terms, sigma=sigma, success=jnp.all(ok))
