@@ -132,7 +132,7 @@ def test_censored_statements_have_one_bounded_lapse_term_each(lik, table):
     censored = term != TERMS.index("point")
     assert censored.sum() >= 5
     # Statements computed here from the table, independently of the likelihood's grouping.
-    key = [f"{s}|{' '.join(q.split())}" for s, q in zip(table.study_id, table.quote)]
+    key = [f"{s}|{' '.join(q.split())}" for s, q in zip(table.study_id, table.quote, strict=True)]
     statements = {k: np.flatnonzero(censored & (np.array(key) == k)) for k in set(np.array(key)[censored])}
     braid_im = statements[key[int(np.flatnonzero(table.row_id == "braid2018_im_bm_msc_5months")[0])]]
     assert sorted(table.row_id[braid_im]) == ["braid2018_im_bm_msc_5months", "braid2018_im_uc_msc_5months"]

@@ -387,12 +387,12 @@ def _lapse_groups(table: pd.DataFrame, term: list[int]) -> tuple[list[int], list
     censored = [t != TERMS.index("point") for t in term]
     keys = [
         (row["study_id"], " ".join(str(row["quote"]).split())) if c else ("row", i)
-        for i, (row, c) in enumerate(zip(table.to_dict("records"), censored))
+        for i, (row, c) in enumerate(zip(table.to_dict("records"), censored, strict=True))
     ]
     index = {k: g for g, k in enumerate(dict.fromkeys(keys))}
     group = [index[k] for k in keys]
     size = np.bincount(group, minlength=len(group))
-    share = [1.0 / size[g] if c else 0.0 for g, c in zip(group, censored)]
+    share = [1.0 / size[g] if c else 0.0 for g, c in zip(group, censored, strict=True)]
     return group, share
 
 
