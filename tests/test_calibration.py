@@ -40,6 +40,26 @@ def reduced_data(reduced):
 
 
 @pytest.fixture(scope="module")
+def whole_run(reduced_data, tmp_path_factory):
+    """An uninterrupted resumable run of the reduced problem (1 chain, 20 warm-up
+    iterations and 20 draws in two pieces): the reference of the stopped-and-continued run
+    and the pilot of the dense-metric test (one run serves both)."""
+    directory = tmp_path_factory.mktemp("whole")
+    idata = calfit.run_nuts_resumable(
+        reduced_data,
+        jax.random.PRNGKey(5),
+        directory,
+        chains=1,
+        warmup=20,
+        draws=20,
+        chunk=20,
+        max_tree_depth=4,
+        progress=False,
+    )
+    return directory, idata
+
+
+@pytest.fixture(scope="module")
 def two_studies():
     table = load()
     table = table[table.study_id.isin(["toma2009", "lee2009"])].reset_index(drop=True)
@@ -306,7 +326,7 @@ def test_simulate_defaults_and_bands_come_from_the_posterior(monkeypatch, tmp_pa
         mscpk.simulate("mouse", cells=1e6, t_end_h=24.0, posterior=True)
 
 
-def test_resumable_nuts_continues_where_it_stopped(reduced_data, tmp_path):
+def test_resumable_nuts_continues_where_it_stopped(reduced_data, whole_run, tmp_path):
     """One NumPyro warm-up schedule and the draws, saved in pieces: a run stopped by
     ``hours`` (each call runs at least one piece) and continued with another ``chunk``
     gives the draws of an uninterrupted run; ``draws`` can be raised later, keeping the
@@ -315,13 +335,13 @@ def test_resumable_nuts_continues_where_it_stopped(reduced_data, tmp_path):
     # Two piece lengths (10, 20) in all, so that two compilations serve the whole test.
     args = dict(chains=1, warmup=20, max_tree_depth=4, progress=False)
     key = jax.random.PRNGKey(5)
-    stopped, whole = tmp_path / "stopped", tmp_path / "whole"
+    stopped = tmp_path / "stopped"
     assert calfit.run_nuts_resumable(reduced, key, stopped, draws=20, chunk=10, hours=1e-9, **args) is None
     assert sorted(p.name for p in stopped.glob("*.pkl")) == ["config.pkl", "init.pkl", "piece_0000.pkl"]
     first = calfit.run_nuts_resumable(reduced, key, stopped, draws=20, chunk=20, **args)
     # pieces: warm-up 0-10 (stopped), 10-20, then draws 20-40
     assert len(list(stopped.glob("piece_*.pkl"))) == 3 and first.posterior.attrs["pieces"] == 3
-    uninterrupted = calfit.run_nuts_resumable(reduced, key, whole, draws=20, chunk=20, **args)
+    uninterrupted = whole_run[1]  # the same settings and key, run in one go
     assert uninterrupted.posterior.attrs["pieces"] == 2  # warm-up, draws
     names = list(reduced.parameter_names)
     assert dict(first.posterior.sizes)["draw"] == 20 and set(names) <= set(first.posterior.data_vars)
@@ -363,7 +383,7 @@ def test_resumable_nuts_continues_where_it_stopped(reduced_data, tmp_path):
         calfit.run_nuts_resumable(reduced, key, stopped, draws=30, chunk=0, **args)
 
 
-def test_dense_metric_from_a_pilot_run_is_kept(reduced_data, tmp_path):
+def test_dense_metric_from_a_pilot_run_is_kept(reduced_data, whole_run, tmp_path):
     """A dense inverse mass matrix estimated from a pilot run's saved draws (the
     covariance on the unconstrained scale, shrunk as NumPyro/Stan do) is the run's
     metric, unchanged through warm-up and draws, while the step size adapts; bad
@@ -371,9 +391,9 @@ def test_dense_metric_from_a_pilot_run_is_kept(reduced_data, tmp_path):
     reduced = reduced_data
     args = dict(chains=1, max_tree_depth=4, progress=False)
     key = jax.random.PRNGKey(7)
-    calfit.run_nuts_resumable(reduced, key, tmp_path / "pilot", warmup=20, draws=20, chunk=20, **args)
-    assert calfit.pilot_draws(tmp_path / "pilot", since=0)["sigma_flow"].shape == (1, 40)
-    draws = calfit.pilot_draws(tmp_path / "pilot")  # from iteration 10 on: the draws piece only
+    pilot = whole_run[0]  # 20 warm-up iterations and 20 draws, one chain
+    assert calfit.pilot_draws(pilot, since=0)["sigma_flow"].shape == (1, 40)
+    draws = calfit.pilot_draws(pilot)  # from iteration 10 on: the draws piece only
     names = sorted(reduced.parameter_names)
     assert {k: np.shape(v) for k, v in draws.items()} == {k: (1, 20) for k in names}
     m = calfit.dense_metric(reduced, draws)
