@@ -900,16 +900,15 @@ class Model(eqx.Module):
         dead = x.dead.at[..., BLOOD].add(died / k_fast[0])
         label_dead = x.label_dead.at[..., BLOOD].add(lost_l * tr.label_dead_share / k_fast[1])
         # Lung phagocytes: migratory (compartment pools) plus resident (lung scalars).
-        lung = _LUNG_C
         return Observed(
             viable,
             label_viable,
             dead,
-            x.dna_residual.at[..., lung].add(x.lung_resident_dna),
+            x.dna_residual.at[..., _LUNG_C].add(x.lung_resident_dna),
             label_dead,
-            x.label_residual.at[..., lung].add(x.lung_resident_label),
-            x.engulfed.at[..., lung].add(x.lung_resident_engulfed),
-            x.label_engulfed.at[..., lung].add(x.lung_resident_label_engulfed),
+            x.label_residual.at[..., _LUNG_C].add(x.lung_resident_label),
+            x.engulfed.at[..., _LUNG_C].add(x.lung_resident_engulfed),
+            x.label_engulfed.at[..., _LUNG_C].add(x.lung_resident_label_engulfed),
             x.label_eliminated,
             x.il10,
             x.tat,
