@@ -361,6 +361,21 @@ def build_parser() -> argparse.ArgumentParser:
     postsub = post.add_subparsers(dest="posterior_command", required=True)
     summ = postsub.add_parser("summary", help="mean, sd, 90% HDI, ESS and R-hat of every global parameter")
     summ.add_argument("--file", default=None, help="an InferenceData netCDF (default: the shipped posterior)")
+    prog = postsub.add_parser(
+        "progress",
+        help="where a resumable calibration run (mscpk fit --state-dir) stands: pieces, diagnostics "
+        "of the draws so far, per-chain medians, optionally predictive coverage",
+    )
+    prog.add_argument("directory", help="the run's --state-dir")
+    prog.add_argument(
+        "--ppc",
+        type=_positive_int("--ppc"),
+        default=None,
+        help="also the 90%% posterior predictive coverage of this many draws (thinned at random)",
+    )
+    prog.add_argument(
+        "--seed", type=int, default=0, help="key of the thinning and the replicates (default: 0)"
+    )
     return parser
 
 
@@ -560,9 +575,63 @@ def _map_estimate(problem, key, args):
 
 
 def cmd_posterior(args) -> int:
+    if args.posterior_command == "progress":
+        return _posterior_progress(args)
     from .calibration.posterior import summary_table
 
     print(summary_table(args.file).to_string(float_format=lambda v: f"{v:10.4g}"))
+    return 0
+
+
+def _posterior_progress(args) -> int:
+    import jax
+    import numpy as np
+    import pandas as pd
+
+    from .calibration import checks
+    from .calibration import fit as calfit
+
+    if not os.path.isdir(args.directory):
+        raise ValueError(f"directory: no directory {args.directory}")
+    problem = calfit.problem_of_run(args.directory)
+    pieces, idata = calfit.run_progress(args.directory, problem)
+    fmt = lambda v: f"{v:10.4g}"  # noqa: E731
+    print(f"run {args.directory}: {len(pieces)} pieces, {pieces.seconds.sum():.0f} s")
+    print(pieces.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    if idata is None:
+        print("no draws yet (still in warm-up)")
+        return 0
+    div = np.asarray(idata.sample_stats["diverging"])
+    print(
+        f"draws so far: {div.shape[1]} per chain x {div.shape[0]} chains; divergences {int(div.sum())} "
+        f"of {div.size} ({100 * div.mean():.1f}%)"
+    )
+    table = calfit.summary(idata).sort_values("ess_bulk")
+    print(table.to_string(float_format=fmt))
+    d = calfit.diagnostics(idata)
+    print(
+        f"worst over the global parameters: R-hat {d['max_r_hat']:.3f}, bulk ESS {d['min_ess_bulk']:.0f}, "
+        f"tail ESS {d['min_ess_tail']:.0f}"
+    )
+    medians = pd.DataFrame(
+        {
+            f"chain {c}": [float(np.median(idata.posterior[n][c])) for n in table.index]
+            for c in range(div.shape[0])
+        },
+        index=table.index,
+    )
+    print("per-chain medians:")
+    print(medians.to_string(float_format=fmt))
+    if args.ppc:
+        draws = checks.posterior_draws(idata, args.ppc, jax.random.PRNGKey(args.seed))
+        cov = checks.coverage_table(
+            problem, checks.predictive(problem, draws, jax.random.PRNGKey(args.seed + 1))
+        )
+        outside = list(cov.row_id[~cov.within])
+        print(
+            f"posterior predictive ({min(args.ppc, div.size)} draws): {cov.within.mean():.0%} of {len(cov)} rows "
+            f"within their 90% interval; outside: {', '.join(outside) if outside else 'none'}"
+        )
     return 0
 
 

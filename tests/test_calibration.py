@@ -197,6 +197,10 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
         "5",
         "--ppc-draws",
         "10",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--chunk",
+        "20",
     ]
     assert main(argv) == 0
     text = capsys.readouterr().out
@@ -234,6 +238,14 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     assert checks.plot_coverage(cov, tmp_path / "coverage.png").stat().st_size > 5000
     assert main(["posterior", "summary", "--file", str(out)]) == 0
     assert "critical_diameter_ratio" in capsys.readouterr().out
+    # The saved run, read back: its pieces, diagnostics, per-chain medians and coverage.
+    assert main(["posterior", "progress", str(tmp_path / "state"), "--ppc", "10"]) == 0
+    text = capsys.readouterr().out
+    assert "2 pieces" in text and "draws so far: 20 per chain x 1 chains" in text
+    assert "per-chain medians" in text and "critical_diameter_ratio" in text
+    assert re.search(r"posterior predictive \(10 draws\): \d+% of 2 rows", text)
+    assert main(["posterior", "progress", str(tmp_path / "nothing")]) == 2
+    assert "directory: no directory" in capsys.readouterr().err
     assert main(["fit", "--out", str(out), "--study", "nobody2020"]) == 2
     assert "--study: unknown ['nobody2020']" in capsys.readouterr().err
     assert main(["fit", "--out", str(out), "--study", "toma2009", "--no-hierarchy", "--hours", "1"]) == 2
@@ -381,6 +393,35 @@ def test_resumable_nuts_continues_where_it_stopped(reduced_data, whole_run, tmp_
         calfit.run_nuts_resumable(reduced, key, stopped, draws=30, **{**args, "max_tree_depth": 5})
     with pytest.raises(ValueError, match="chunk: expected an integer >= 1"):
         calfit.run_nuts_resumable(reduced, key, stopped, draws=30, chunk=0, **args)
+
+
+def test_run_progress_reads_a_saved_run(reduced_data, whole_run, tmp_path):
+    """The pieces and the draws so far of a resumable run, read from its directory only:
+    the draws are the run's own; a run in warm-up has pieces but no draws; a directory
+    without a run, or a run the evidence library cannot rebuild, is a clear error."""
+    import shutil
+
+    directory, idata = whole_run
+    pieces, so_far = calfit.run_progress(directory, reduced_data)
+    assert list(pieces.phase) == ["warmup", "draws"]
+    assert list(pieces["first"]) == [0, 20] and list(pieces["last"]) == [20, 40]
+    assert (pieces.seconds > 0).all() and (pieces.leapfrog_steps >= 1).all()
+    div = int(np.asarray(idata.sample_stats["diverging"]).sum())
+    assert pieces.divergences.tolist()[1] == div
+    assert pieces.divergences.tolist()[0] == idata.posterior.attrs["warmup_divergences"]
+    for n in reduced_data.parameter_names:
+        np.testing.assert_array_equal(so_far.posterior[n], idata.posterior[n])
+    np.testing.assert_array_equal(so_far.sample_stats["lp"], idata.sample_stats["lp"])
+    early = tmp_path / "early"
+    early.mkdir()
+    for name in ("config.pkl", "init.pkl", "piece_0000.pkl"):
+        shutil.copy(directory / name, early / name)
+    pieces, none = calfit.run_progress(early, reduced_data)
+    assert none is None and list(pieces.phase) == ["warmup"]
+    with pytest.raises(ValueError, match=r"no longer gives \(studies \['synthetic'\]"):
+        calfit.problem_of_run(directory)
+    with pytest.raises(ValueError, match="holds no resumable NUTS run"):
+        calfit.run_progress(tmp_path)
 
 
 def test_dense_metric_from_a_pilot_run_is_kept(reduced_data, whole_run, tmp_path):

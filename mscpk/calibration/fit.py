@@ -286,11 +286,9 @@ def pilot_draws(directory, since: int | None = None) -> dict:
     ``since`` on (default: the second half of its warm-up), warm-up and draws together,
     grouped by chain: the input of :func:`dense_metric`."""
     directory = Path(directory)
-    config = directory / "config.pkl"
-    if not config.exists():
-        raise ValueError(f"directory: {directory} holds no resumable NUTS run (no config.pkl)")
+    config = _run_config_file(directory)
     if since is None:
-        since = _load(config)["warmup"] // 2
+        since = config["warmup"] // 2
     kept = [x for x in map(_load, sorted(directory.glob("piece_*.pkl"))) if x["first"] >= since]
     if not kept:
         raise ValueError(f"directory: {directory} has no saved iterations from {since} on")
@@ -680,6 +678,88 @@ def _from_pieces(
         "warmup_divergences": int(sum(np.asarray(x["extra"]["diverging"]).sum() for x in warm)),
     }
     return _with_attrs(idata, problem, attrs)
+
+
+def problem_of_run(directory) -> CalibrationProblem:
+    """The :class:`CalibrationProblem` of a resumable run saved in ``directory`` (by
+    :func:`run_nuts_resumable` or ``mscpk fit --state-dir``), rebuilt from the evidence
+    library as its config records it (studies, hierarchy). A ``ValueError`` if the library
+    no longer gives the run's problem (other rows or calibrated parameters), e.g. a run of
+    a synthetic problem: pass that problem to :func:`run_progress` instead."""
+    from ..evidence import load
+    from ..evidence.likelihood import EvidenceLikelihood
+
+    config = _run_config_file(directory)
+    table = load()
+    studies = list(config["studies"])
+    missing = sorted(set(studies) - set(table.study_id))
+    if missing:
+        raise ValueError(
+            f"directory: the run in {directory} was made on a problem that the evidence library no "
+            f"longer gives (studies {missing} are not in it); pass its problem explicitly"
+        )
+    if set(studies) != set(table.study_id):
+        table = table[table.study_id.isin(studies)].reset_index(drop=True)
+    problem = CalibrationProblem(EvidenceLikelihood(table), hierarchical=bool(config["hierarchical"]))
+    now = {
+        "studies": list(problem.study_ids),
+        "evidence_rows": int(len(problem.likelihood.table)),
+        "calibrated": list(problem.parameter_names),
+    }
+    changed = sorted(k for k, v in now.items() if config.get(k) != v)
+    if changed:
+        raise ValueError(
+            f"directory: the run in {directory} was made on a problem that the evidence library no "
+            f"longer gives ({', '.join(changed)} differ); pass its problem explicitly"
+        )
+    return problem
+
+
+def _run_config_file(directory) -> dict:
+    config = Path(directory) / "config.pkl"
+    if not config.exists():
+        raise ValueError(f"directory: {directory} holds no resumable NUTS run (no config.pkl)")
+    return _load(config)
+
+
+def run_progress(directory, problem: CalibrationProblem | None = None):
+    """Where a resumable run stands: ``(pieces, idata)``.
+
+    ``pieces``: a ``pandas.DataFrame`` with one line per saved piece (``phase``, iterations
+    ``first`` to ``last``, ``seconds``, mean ``leapfrog_steps`` per iteration and chain,
+    ``divergences`` over its chains); ``idata``: the ``InferenceData`` of every draw saved
+    so far (``None`` before the first), as the run would give them if it stopped there
+    (the number of draws a run aims at is not saved: it may be raised). ``problem``: the
+    run's problem (default: :func:`problem_of_run`), which names the study coordinates.
+    Reads the saved files only; runs nothing.
+    """
+    import pandas as pd
+
+    directory = Path(directory)
+    config = _run_config_file(directory)
+    paths = sorted(directory.glob("piece_*.pkl"))
+    loaded = [_load(p) for p in paths]
+    pieces = pd.DataFrame(
+        [
+            {
+                "piece": i,
+                "phase": x["phase"],
+                "first": int(x["first"]),
+                "last": int(x["first"] + x["n"]),
+                "seconds": float(x["seconds"]),
+                "leapfrog_steps": float(np.mean(x["extra"]["num_steps"])),
+                "divergences": int(np.sum(x["extra"]["diverging"])),
+            }
+            for i, x in enumerate(loaded)
+        ],
+        columns=["piece", "phase", "first", "last", "seconds", "leapfrog_steps", "divergences"],
+    )
+    drawn = [x for x in loaded if x["phase"] == "draws"]
+    if not drawn:
+        return pieces, None
+    problem = problem_of_run(directory) if problem is None else problem
+    n_draws = sum(int(x["n"]) for x in drawn)
+    return pieces, _from_pieces(problem, directory, paths, config["warmup"], n_draws, "saved pieces")
 
 
 def summary(idata: az.InferenceData, var_names=None, hdi_prob: float = 0.9):
