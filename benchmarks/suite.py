@@ -256,17 +256,24 @@ def bench_expm(n: int = 64, repeat: int = 3) -> dict:
 
 def nuts_from_posterior(path) -> dict:
     """NUTS wall seconds (warm-up + draws, the ``seconds`` the fit recorded) per bulk
-    effective sample of the slowest global parameter."""
+    effective sample of the slowest global parameter. ``path``: a finished calibration
+    (netCDF) or a resumable run's directory (``--state-dir``; its draws so far, its
+    seconds being the initial state's and every saved piece's; ``partial`` says so)."""
     import arviz as az
 
-    from mscpk.calibration.fit import diagnostics
+    from mscpk.calibration.fit import diagnostics, run_progress
     from mscpk.calibration.posterior import global_sites
 
-    idata = az.from_netcdf(path)
+    partial = Path(path).is_dir()
+    idata = run_progress(path)[1] if partial else az.from_netcdf(path)
+    if idata is None:
+        raise ValueError(f"--posterior: the run in {path} has no draws yet")
     seconds = float(idata.posterior.attrs.get("seconds", "nan"))
     d = diagnostics(idata, global_sites(idata))
     return {
         "posterior": str(path),
+        "partial": partial,
+        "draws_per_chain": int(idata.posterior.sizes["draw"]),
         "nuts_wall_s": seconds,
         "min_bulk_ess": d["min_ess_bulk"],
         "nuts_s_per_ess": seconds / d["min_ess_bulk"],
@@ -296,7 +303,11 @@ def main(argv=None):
     parser.add_argument("--scaling", type=int, nargs="*", default=[1, 100, 10_000, 100_000])
     parser.add_argument("--scipy-subjects", type=int, default=20)
     parser.add_argument("--expm-subjects", type=int, default=64)
-    parser.add_argument("--posterior", default=None, help="finished calibration (netCDF) for nuts_s_per_ess")
+    parser.add_argument(
+        "--posterior",
+        default=None,
+        help="finished calibration (netCDF) or a resumable run's directory (its draws so far) for nuts_s_per_ess",
+    )
     parser.add_argument("--other-python", default=None, help="interpreter with another jax for jax_versions")
     parser.add_argument(
         "--key-figures", action="store_true", help="only the cross-version figures (JSON to --out)"

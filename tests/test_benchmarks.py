@@ -96,3 +96,21 @@ def test_nuts_seconds_per_ess(tmp_path):
     assert out["min_bulk_ess"] == pytest.approx(want, abs=0.5)  # arviz rounds ESS in summaries
     assert out["nuts_s_per_ess"] == pytest.approx(1234.0 / out["min_bulk_ess"], rel=1e-12)
     assert out["draws"] == 800 and out["divergence_fraction"] == 0.0
+
+
+def test_nuts_seconds_per_ess_of_a_resumable_run_so_far():
+    """A resumable run's directory gives its draws so far: here the committed pilot run of
+    session 15 (4 chains, 60 draws each; its seconds are the initial state's and the
+    pieces'). If the evidence library changes, this run can no longer be continued and the
+    check fails with 'no longer gives': replace the committed runs then."""
+    import pickle
+
+    run = Path(__file__).parents[1] / "benchmarks" / "runs" / "statement_pilot"
+    out = nuts_from_posterior(run)
+    seconds = pickle.loads((run / "init.pkl").read_bytes())["seconds"] + sum(
+        pickle.loads(p.read_bytes())["seconds"] for p in sorted(run.glob("piece_*.pkl"))
+    )
+    assert out["partial"] and out["draws_per_chain"] == 60 and out["draws"] == 240
+    assert out["nuts_wall_s"] == pytest.approx(seconds, rel=1e-12)
+    assert out["nuts_s_per_ess"] == pytest.approx(seconds / out["min_bulk_ess"], rel=1e-12)
+    assert 0 < out["divergence_fraction"] < 0.1 and 1.0 < out["max_r_hat"] < 1.2
