@@ -352,6 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
         "every chain at the MAP)",
     )
     fit.add_argument(
+        "--step-size",
+        type=_positive_float("--step-size"),
+        default=None,
+        help="with --state-dir: every chain's leapfrog step size, kept (no step-size adaptation); "
+        "e.g. the smallest that an earlier run's chains adapted (mscpk posterior progress shows them)",
+    )
+    fit.add_argument(
         "--ppc-draws",
         type=_positive_int("--ppc-draws"),
         default=200,
@@ -421,6 +428,8 @@ def cmd_fit(args) -> int:
         raise ValueError(f"--init-scatter: a finite number >= 0, got {args.init_scatter!r}")
     if args.init_scatter > 0 and not (args.metric_laplace or args.metric_from is not None):
         raise ValueError("--init-scatter: only with --metric-laplace or --metric-from (its covariance)")
+    if args.step_size is not None and not args.state_dir:
+        raise ValueError("--step-size: only with --state-dir")
     if args.init_scatter > 0 and args.warm_start is not None:
         raise ValueError("--init-scatter: not with --warm-start (the chains start from its positions)")
     warm_start = _warm_start(args.warm_start)
@@ -461,6 +470,7 @@ def cmd_fit(args) -> int:
             inverse_mass_matrix=metric,
             adapt_mass_matrix=metric is None,
             init_scatter=args.init_scatter,
+            step_size=args.step_size,
             progress=True,
         )
         if idata is None:
@@ -598,6 +608,9 @@ def _posterior_progress(args) -> int:
     fmt = lambda v: f"{v:10.4g}"  # noqa: E731
     print(f"run {args.directory}: {len(pieces)} pieces, {pieces.seconds.sum():.0f} s")
     print(pieces.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    steps = calfit.run_step_sizes(args.directory)
+    if steps is not None:
+        print(f"step size per chain (last saved state): {', '.join(f'{v:.4g}' for v in steps)}")
     if idata is None:
         print("no draws yet (still in warm-up)")
         return 0

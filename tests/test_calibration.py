@@ -242,6 +242,7 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     assert main(["posterior", "progress", str(tmp_path / "state"), "--ppc", "10"]) == 0
     text = capsys.readouterr().out
     assert "2 pieces" in text and "draws so far: 20 per chain x 1 chains" in text
+    assert re.search(r"step size per chain \(last saved state\): [0-9.e-]+\n", text)
     assert "per-chain medians" in text and "critical_diameter_ratio" in text
     assert re.search(r"posterior predictive \(10 draws\): \d+% of 2 rows", text)
     assert main(["posterior", "progress", str(tmp_path / "nothing")]) == 2
@@ -250,6 +251,8 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     assert "--study: unknown ['nobody2020']" in capsys.readouterr().err
     assert main(["fit", "--out", str(out), "--study", "toma2009", "--no-hierarchy", "--hours", "1"]) == 2
     assert "--hours: only with --state-dir" in capsys.readouterr().err
+    assert main(["fit", "--out", str(out), "--study", "toma2009", "--step-size", "0.1"]) == 2
+    assert "--step-size: only with --state-dir" in capsys.readouterr().err
     assert main(["fit", "--out", str(out), "--study", "toma2009", "--target-accept", "1.5"]) == 2
     assert "--target-accept: must be in (0, 1), got 1.5" in capsys.readouterr().err
     assert main(["fit", "--out", str(out), "--study", "toma2009", "--warm-start", str(out)]) == 2
@@ -399,6 +402,7 @@ def test_run_progress_reads_a_saved_run(reduced_data, whole_run, tmp_path):
     """The pieces and the draws so far of a resumable run, read from its directory only:
     the draws are the run's own; a run in warm-up has pieces but no draws; a directory
     without a run, or a run the evidence library cannot rebuild, is a clear error."""
+    import pickle
     import shutil
 
     directory, idata = whole_run
@@ -418,6 +422,8 @@ def test_run_progress_reads_a_saved_run(reduced_data, whole_run, tmp_path):
         shutil.copy(directory / name, early / name)
     pieces, none = calfit.run_progress(early, reduced_data)
     assert none is None and list(pieces.phase) == ["warmup"]
+    last = pickle.loads(sorted(directory.glob("piece_*.pkl"))[-1].read_bytes())["state"]
+    assert calfit.run_step_sizes(directory).tolist() == [float(last.adapt_state.step_size)]
     with pytest.raises(ValueError, match=r"no longer gives \(studies \['synthetic'\]"):
         calfit.problem_of_run(directory)
     with pytest.raises(ValueError, match="holds no resumable NUTS run"):
@@ -475,6 +481,21 @@ def test_dense_metric_from_a_pilot_run_is_kept(reduced_data, whole_run, tmp_path
         (imm,) = a.inverse_mass_matrix.values()
         np.testing.assert_array_equal(np.asarray(imm), m)
     assert float(pieces[0]["state"].adapt_state.step_size) != float(init.step_size)
+
+    # A fixed step size (no dual averaging) with the kept metric: every saved state has it.
+    fixed = dict(inverse_mass_matrix=m, adapt_mass_matrix=False, init=start, **args)
+    run = tmp_path / "fixed"
+    calfit.run_nuts_resumable(reduced, key, run, warmup=5, draws=5, chunk=10, step_size=0.05, **fixed)
+    saved = [pickle.loads((run / "init.pkl").read_bytes())["state"]]
+    saved += [pickle.loads(p.read_bytes())["state"] for p in sorted(run.glob("piece_*.pkl"))]
+    assert len(saved) == 3 and all(float(x.adapt_state.step_size) == 0.05 for x in saved)
+    assert calfit.run_step_sizes(run).tolist() == [0.05]
+    assert pickle.loads((run / "config.pkl").read_bytes())["step_size"] == 0.05
+    with pytest.raises(ValueError, match="other settings \\(step_size\\)"):
+        calfit.run_nuts_resumable(reduced, key, run, warmup=5, draws=5, step_size=0.06, **fixed)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), True, "0.1"):
+        with pytest.raises(ValueError, match="step_size: must be None or a finite number > 0"):
+            calfit.run_nuts_resumable(reduced, key, tmp_path / "x", step_size=bad, **fixed)
 
     with pytest.raises(ValueError, match="other settings \\(inverse_mass_matrix_sha256\\)"):
         calfit.run_nuts_resumable(

@@ -453,6 +453,7 @@ def run_nuts_resumable(
     inverse_mass_matrix=None,
     adapt_mass_matrix: bool = True,
     init_scatter: float = 0.0,
+    step_size: float | None = None,
     progress: bool = True,
 ) -> az.InferenceData | None:
     """NUTS as :func:`run_nuts`, saved to ``directory`` as it goes, so that a run longer
@@ -486,9 +487,20 @@ def run_nuts_resumable(
     draw from N(0, inverse_mass_matrix) (a key of its own from ``key``): with the
     :func:`laplace_metric` at the MAP and ``init_scatter=1``, the chains start from draws
     of the Laplace approximation, dispersed as R-hat assumes, not all at the mode.
+
+    ``step_size``: every chain's leapfrog step size, kept through warm-up and draws (no
+    step-size adaptation; the warm-up then only adapts the mass matrix, if that adapts).
+    Dual averaging over a short warm-up leaves chains with step sizes several times apart,
+    and a chain whose step is too large for the posterior's tails diverges; a common step
+    (e.g. the smallest an earlier run adapted, see ``mscpk posterior progress``) trades
+    longer trajectories for transitions that do not.
     """
     _check_nuts_args(problem, chains, warmup, draws, max_tree_depth, target_accept)
     metric = _metric(problem.prior_median(), dense_mass, inverse_mass_matrix, adapt_mass_matrix)
+    if step_size is not None and not (
+        isinstance(step_size, (int, float)) and not isinstance(step_size, bool) and 0 < step_size < np.inf
+    ):
+        raise ValueError(f"step_size: must be None or a finite number > 0, got {step_size!r}")
     if not (isinstance(init_scatter, (int, float)) and np.isfinite(init_scatter) and init_scatter >= 0):
         raise ValueError(f"init_scatter: must be a finite number >= 0, got {init_scatter!r}")
     if init_scatter > 0 and (inverse_mass_matrix is None or warm_start is not None):
@@ -516,6 +528,8 @@ def run_nuts_resumable(
         config["adapt_mass_matrix"] = adapt_mass_matrix
     if init_scatter > 0:
         config["init_scatter"] = float(init_scatter)
+    if step_size is not None:
+        config["step_size"] = float(step_size)
     config_file = directory / "config.pkl"
     if config_file.exists():
         saved = _load(config_file)
@@ -530,6 +544,8 @@ def run_nuts_resumable(
     t_start = time.perf_counter()
     start = problem.prior_median() if init is None else {k: jnp.asarray(v) for k, v in init.items()}
     adapted = {**_adapted(warm_start, chains), **metric}
+    if step_size is not None:
+        adapted.update(step_size=float(step_size), adapt_step_size=False)
     z_start = _unconstrained(problem, start)
 
     init_file = directory / "init.pkl"
@@ -720,6 +736,18 @@ def _run_config_file(directory) -> dict:
     if not config.exists():
         raise ValueError(f"directory: {directory} holds no resumable NUTS run (no config.pkl)")
     return _load(config)
+
+
+def run_step_sizes(directory) -> np.ndarray | None:
+    """Each chain's step size in the last saved state of a resumable run (its last piece,
+    or the initial state before the first); ``None`` if none is saved."""
+    directory = Path(directory)
+    _run_config_file(directory)
+    saved = sorted(directory.glob("piece_*.pkl")) or [directory / "init.pkl"]
+    if not saved[-1].exists():
+        return None
+    state = _load(saved[-1]).get("state")
+    return None if state is None else np.atleast_1d(np.asarray(state.adapt_state.step_size, dtype=float))
 
 
 def run_progress(directory, problem: CalibrationProblem | None = None):
