@@ -46,6 +46,7 @@ def main(argv=None):
     parser.add_argument("--metric-since", type=int, default=None, help="with --metric-from (see mscpk fit)")
     parser.add_argument("--metric-laplace", action="store_true", help="with --state-dir (see mscpk fit)")
     parser.add_argument("--init-scatter", type=float, default=0.0, help="(see mscpk fit)")
+    parser.add_argument("--step-size", type=float, default=None, help="with --state-dir (see mscpk fit)")
     args = parser.parse_args(argv)
     # Equinox's runtime checks as NaN, not host callbacks: lets the persistent compilation
     # cache keep the sampler's programs between the pieces of a resumable run (see README).
@@ -102,6 +103,8 @@ def main(argv=None):
             cmd += ["--metric-laplace"]
     if args.init_scatter:
         cmd += ["--init-scatter", str(args.init_scatter)]
+    if args.step_size is not None:
+        cmd += ["--step-size", repr(args.step_size)]
     if args.dense_mass:
         cmd += ["--dense-mass"]
     t0 = time.perf_counter()
