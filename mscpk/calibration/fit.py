@@ -787,7 +787,7 @@ def run_progress(directory, problem: CalibrationProblem | None = None):
         return pieces, None
     problem = problem_of_run(directory) if problem is None else problem
     n_draws = sum(int(x["n"]) for x in drawn)
-    return pieces, _from_pieces(problem, directory, paths, config["warmup"], n_draws, "saved pieces")
+    return pieces, _from_pieces(problem, directory, paths, config["warmup"], n_draws, "not recorded")
 
 
 def summary(idata: az.InferenceData, var_names=None, hdi_prob: float = 0.9):
