@@ -490,10 +490,11 @@ def run_nuts_resumable(
 
     ``step_size``: every chain's leapfrog step size, kept through warm-up and draws (no
     step-size adaptation; the warm-up then only adapts the mass matrix, if that adapts).
-    Dual averaging over a short warm-up leaves chains with step sizes several times apart,
-    and a chain whose step is too large for the posterior's tails diverges; a common step
-    (e.g. the smallest an earlier run adapted, see ``mscpk posterior progress``) trades
-    longer trajectories for transitions that do not.
+    Dual averaging over a short warm-up leaves chains with step sizes several times apart;
+    a common step (e.g. the smallest an earlier run adapted, see ``mscpk posterior
+    progress``) makes the chains comparable, at the cost of longer trajectories. It does
+    not by itself remove divergences that come from the posterior's shape (session 16,
+    ``benchmarks/RESULTS.md``).
     """
     _check_nuts_args(problem, chains, warmup, draws, max_tree_depth, target_accept)
     metric = _metric(problem.prior_median(), dense_mass, inverse_mass_matrix, adapt_mass_matrix)
