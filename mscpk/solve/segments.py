@@ -13,6 +13,15 @@ hits ``max_steps``) sets ``success`` to ``False``; results are never padded sile
 The fast linear pools (dead cells and label in blood, plasma TAT; see
 :meth:`mscpk.Model.fast_rates`) enter the right-hand side in closed form on each
 segment, so their minute-scale turnover does not limit the step size over long horizons.
+
+Pools that no dose can reach (another route's local site, the label of an unlabelled
+product) stay exactly zero, so the error control never sees them and the step size may
+exceed their stability limit; the solution is unaffected, but reverse-mode gradients run
+the steps' transposes backwards over the same steps, where such a pool's mode grows
+(about 19x per step for an idle 0.15 /h depot at 10 h steps) until it overflows and the
+gradient is NaN (session 17: every divergence of the calibration's NUTS runs came from
+this, in the IM scenarios' idle depots). :func:`reachable` finds the pools a regimen can
+reach, and the right-hand side is zero elsewhere: the same solution, no idle stiff modes.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from ..dosing.regimen import DoseTable
@@ -150,6 +160,37 @@ def event_schedule(table: DoseTable, model: Model, t_end_h):
     return bounds, jumps, per_cell, to_blood
 
 
+#: Seed of the fixed generic point of :func:`reachable`.
+_GENERIC_SEED = 0x5EED
+
+
+def reachable(model: Model, transport, seed: Bool[Array, " n"]) -> Bool[Array, " n"]:
+    """The state slots that can become non-zero from the slots ``seed`` (those a dose
+    fills), following the right-hand side.
+
+    With the reached slots at a fixed generic value (positive, pseudo-random) and every
+    other slot zero, the slots whose derivative is non-zero (or NaN) are reached too,
+    until nothing changes. This follows what flows, not the Jacobian's pattern: a term
+    such as ``k z x`` (a killing rate times the cells ``x`` of a site) does not make ``x``
+    reachable from ``z`` when ``x`` is zero. A flow that exists is non-zero at a generic
+    point (a cancellation would need the random numbers to hit a root), so the result can
+    only be too large, which is safe: a slot is masked only if nothing can flow into it.
+    The parameters enter through ``stop_gradient``: the mask is a constant of the solve.
+    """
+    n = seed.shape[0]
+    y_generic = jnp.asarray(np.random.default_rng(_GENERIC_SEED).uniform(0.5, 1.5, n))
+    model, transport = jax.lax.stop_gradient((model, transport))
+
+    def body(carry):
+        reach, _ = carry
+        f = model.vector_field_from(transport, jnp.where(reach, y_generic, 0.0), None)
+        new = reach | (f != 0.0) | jnp.isnan(f)
+        return new, jnp.any(new != reach)
+
+    reach, _ = jax.lax.while_loop(lambda c: c[1], body, (seed, jnp.array(True)))
+    return reach
+
+
 def infusion_rate(table: DoseTable, t_mid) -> Float[Array, " N"]:
     """Cells per hour of every dose that is being infused at time ``t_mid``."""
     running = (table.duration_h > 0.0) & (table.time_h <= t_mid) & (t_mid < table.time_h + table.duration_h)
@@ -181,6 +222,8 @@ def solve(
     # on time only (not stiff) and the solver tracks A(t) in the slots.
     fast = jnp.asarray(fast_slots(model.n_size_classes))
     k_fast = model.fast_rates(transport)
+    dosed = jnp.any((table.cells[:, None] > 0.0) & (per_cell != 0.0), axis=0)
+    live = reachable(model, transport, dosed).astype(float)
 
     def fast_at(t, t0, a0, u_fast):
         decay = -jnp.expm1(-k_fast * (t - t0))
@@ -188,7 +231,7 @@ def solve(
 
     def field(t, y, args):
         u, t0, a0 = args
-        return model.vector_field_from(transport, y, fast_at(t, t0, a0, u[fast])) + u
+        return live * (model.vector_field_from(transport, y, fast_at(t, t0, a0, u[fast])) + u)
 
     term = diffrax.ODETerm(field)
     solver = config.make_solver()
