@@ -383,6 +383,21 @@ def build_parser() -> argparse.ArgumentParser:
     prog.add_argument(
         "--seed", type=int, default=0, help="key of the thinning and the replicates (default: 0)"
     )
+    divs = postsub.add_parser(
+        "divergences",
+        help="replay the divergent transitions of a resumable run's draws and show where and why each "
+        "diverged",
+    )
+    divs.add_argument("directory", help="the run's --state-dir")
+    divs.add_argument(
+        "--max", type=_positive_int("--max"), default=None, help="replay at most this many (default: all)"
+    )
+    divs.add_argument(
+        "--top",
+        type=_positive_int("--top"),
+        default=5,
+        help="terms and parameters shown per transition (default: 5)",
+    )
     return parser
 
 
@@ -587,6 +602,8 @@ def _map_estimate(problem, key, args):
 def cmd_posterior(args) -> int:
     if args.posterior_command == "progress":
         return _posterior_progress(args)
+    if args.posterior_command == "divergences":
+        return _posterior_divergences(args)
     from .calibration.posterior import summary_table
 
     print(summary_table(args.file).to_string(float_format=lambda v: f"{v:10.4g}"))
@@ -645,6 +662,35 @@ def _posterior_progress(args) -> int:
             f"posterior predictive ({min(args.ppc, div.size)} draws): {cov.within.mean():.0%} of {len(cov)} rows "
             f"within their 90% interval; outside: {', '.join(outside) if outside else 'none'}"
         )
+    return 0
+
+
+def _posterior_divergences(args) -> int:
+    from .calibration.divergences import RunReplay, cause
+
+    if not os.path.isdir(args.directory):
+        raise ValueError(f"directory: no directory {args.directory}")
+    replay = RunReplay(args.directory)
+    todo = replay.divergent()
+    print(f"run {args.directory}: {len(todo)} divergent transitions in the draws phase")
+    fmt = lambda v: f"{v:10.4g}"  # noqa: E731
+    for c, i in todo[: args.max]:
+        t = replay.replay(c, i)
+        print(
+            f"\nchain {c}, iteration {i}: {len(t.trajectory)} leapfrog steps, replay "
+            f"{'reproduced the saved transition' if t.reproduced else 'differs from the saved transition'}; "
+            + (f"diverged at step {t.divergent_step}: {cause(t)}" if t.diverged else cause(t))
+        )
+        if t.divergent_step is None:
+            continue
+        x = t.positions[t.divergent_step]
+        if "gradient" in cause(t):
+            rows = replay.nonfinite_gradient_rows(x)
+            print(f"  terms with a non-finite gradient there: {', '.join(rows) if rows else 'none found'}")
+        print("  log-density terms that changed most from the start:")
+        print(replay.where_diverged(t).head(args.top).to_string(float_format=fmt))
+        print("  parameters that moved most (unconstrained, in posterior SDs of the draws):")
+        print(replay.moved(t).head(args.top).to_string(float_format=fmt))
     return 0
 
 

@@ -247,6 +247,11 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     assert re.search(r"posterior predictive \(10 draws\): \d+% of 2 rows", text)
     assert main(["posterior", "progress", str(tmp_path / "nothing")]) == 2
     assert "directory: no directory" in capsys.readouterr().err
+    # Its divergent transitions replayed (the test of the replay itself is on the reduced run).
+    assert main(["posterior", "divergences", str(tmp_path / "state"), "--max", "1"]) == 0
+    assert re.search(r"state: \d+ divergent transitions in the draws phase", capsys.readouterr().out)
+    assert main(["posterior", "divergences", str(tmp_path / "nothing")]) == 2
+    assert "directory: no directory" in capsys.readouterr().err
     assert main(["fit", "--out", str(out), "--study", "nobody2020"]) == 2
     assert "--study: unknown ['nobody2020']" in capsys.readouterr().err
     assert main(["fit", "--out", str(out), "--study", "toma2009", "--no-hierarchy", "--hours", "1"]) == 2
@@ -428,6 +433,42 @@ def test_run_progress_reads_a_saved_run(reduced_data, whole_run, tmp_path):
         calfit.problem_of_run(directory)
     with pytest.raises(ValueError, match="holds no resumable NUTS run"):
         calfit.run_progress(tmp_path)
+
+
+def test_replay_reproduces_saved_transitions(reduced_data, whole_run):
+    """A draws-phase transition of a saved run computed again from the draw before it, the
+    chain's adapted step size and mass matrix and its key at that iteration, through
+    NumPyro's kernel: the same accepted draw, leapfrog step count and divergence flag;
+    the recorded trajectory's energies and the log-density's split into prior and rows
+    are consistent; bad chains and iterations are refused."""
+    import pickle
+
+    from mscpk.calibration.divergences import RunReplay, cause
+
+    directory, idata = whole_run
+    replay = RunReplay(directory, reduced_data)
+    steps = np.asarray(pickle.loads((directory / "piece_0001.pkl").read_bytes())["extra"]["num_steps"])[0]
+    last = pickle.loads((directory / "piece_0001.pkl").read_bytes())["state"]
+    np.testing.assert_array_equal(np.asarray(replay.key(0, 40)), np.asarray(last.rng_key))
+    for i in (21, 30, 39):
+        t = replay.replay(0, i)
+        assert t.reproduced, i
+        assert len(t.trajectory) == steps[i - 20]
+        assert t.positions.shape == (steps[i - 20], t.start.size)
+        assert t.trajectory.finite.all() and cause(t) == "did not diverge in the replay"
+        assert t.divergent_step is None and not t.diverged
+    terms = replay.terms(t.start)
+    z = replay.unconstrained(0, i - 1)
+    total = float(terms.drop("solve_ok").sum())
+    assert total == pytest.approx(-float(replay._potential(z)), rel=1e-10)
+    assert terms["solve_ok"] == 1.0
+    assert replay.nonfinite_gradient_rows(t.start) == []
+    with pytest.raises(ValueError, match="did not diverge"):
+        replay.where_diverged(t)
+    with pytest.raises(ValueError, match="iteration: draws-phase transitions from 21 to 39"):
+        replay.replay(0, 20)
+    with pytest.raises(ValueError, match="chain"):
+        replay.replay(1, 25)
 
 
 def test_dense_metric_from_a_pilot_run_is_kept(reduced_data, whole_run, tmp_path):
