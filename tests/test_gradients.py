@@ -169,17 +169,37 @@ def test_reachable_slots_follow_the_route():
     assert iv[np.asarray(slots.viable)].all() and im[np.asarray(slots.viable)].all()
     assert im.sum() < n and iv.sum() < n
 
-    table = mscpk.Regimen([mscpk.Dose(0.0, 1e6, route="im"), mscpk.Dose(24.0, 1e6, route="iv")]).table()
+    # The same solution as the unmasked right-hand side, route by route (each dose alone,
+    # so that each masks other sites), with an allogeneic product (alloimmune pools on).
+    routes = (
+        "iv",
+        "im",
+        "sc",
+        "ip",
+        "topical",
+        "topical:hydrogel",
+        "topical:patch",
+        "extracorporeal",
+        "ia:brain",
+    )
+    allo = mscpk.build_model("mouse", mscpk.cell_product("bm_msc", donor="allogeneic"))
+    tables = [mscpk.Regimen([mscpk.Dose(0.0, 1e6, r), mscpk.Dose(24.0, 5e5, r)]).table() for r in routes]
+    tables = jax.tree.map(lambda *a: jnp.stack(a), *tables)
     times = jnp.array([1.0, 30.0, 200.0])
     solver = mscpk.SolverConfig(rtol=1e-8, atol=1e-13)
-    masked = _whole_body_at(model, table, times, 240.0, solver)
+
+    def all_routes():
+        return jax.jit(jax.vmap(lambda t: mscpk.solve(allo, t, times, 240.0, solver).ys))(tables)
+
+    masked = all_routes()
     original = segments.reachable
     try:
         segments.reachable = lambda m, tr, seed: jnp.ones_like(seed)
-        unmasked = _whole_body_at(model, table, times, 240.0, solver)
+        unmasked = all_routes()
     finally:
         segments.reachable = original
-    np.testing.assert_allclose(masked, unmasked, rtol=1e-12)
+    assert np.all(np.abs(np.asarray(masked)).max(axis=(1, 2)) > 1e5)
+    np.testing.assert_allclose(masked, unmasked, rtol=1e-12, atol=1e-12)
 
 
 def test_idle_fast_site_keeps_reverse_mode_finite():
