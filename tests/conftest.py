@@ -54,6 +54,18 @@ def viable(model, sol):
 #: (measured) once the pool has emptied; this allows 5x that.
 NEGATIVE_TOLERANCE = 1e-10
 
+#: One dose route of each kind beside IV: every local site, a cartridge and an arterial bed.
+ROUTE_VARIANTS = (
+    "im",
+    "sc",
+    "ip",
+    "topical",
+    "topical:hydrogel",
+    "topical:patch",
+    "extracorporeal",
+    "ia:brain",
+)
+
 
 def random_parameters(key, base: mscpk.KineticParameters) -> mscpk.KineticParameters:
     """A random log-normal perturbation (sd 0.5) of every positive parameter; fractions

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import lung_index
+from conftest import ROUTE_VARIANTS, lung_index
 
 import mscpk
 
@@ -171,17 +171,7 @@ def test_reachable_slots_follow_the_route():
 
     # The same solution as the unmasked right-hand side, route by route (each dose alone,
     # so that each masks other sites), with an allogeneic product (alloimmune pools on).
-    routes = (
-        "iv",
-        "im",
-        "sc",
-        "ip",
-        "topical",
-        "topical:hydrogel",
-        "topical:patch",
-        "extracorporeal",
-        "ia:brain",
-    )
+    routes = ("iv", *ROUTE_VARIANTS)
     allo = mscpk.build_model("mouse", mscpk.cell_product("bm_msc", donor="allogeneic"))
     tables = [mscpk.Regimen([mscpk.Dose(0.0, 1e6, r), mscpk.Dose(24.0, 5e5, r)]).table() for r in routes]
     tables = jax.tree.map(lambda *a: jnp.stack(a), *tables)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import NEGATIVE_TOLERANCE
+from conftest import NEGATIVE_TOLERANCE, ROUTE_VARIANTS
 
 import mscpk
 from mscpk.analysis.routes import COLUMNS, compare_routes
@@ -93,19 +93,7 @@ def test_mass_balance_every_route_and_mixed_regimens(mouse_routes):
 
 def test_gradients_of_route_parameters_match_finite_differences():
     regimen = mscpk.Regimen(
-        [
-            mscpk.Dose(0.0, 1e6, name)
-            for name in (
-                "im",
-                "sc",
-                "ip",
-                "topical",
-                "topical:hydrogel",
-                "topical:patch",
-                "extracorporeal",
-                "ia:brain",
-            )
-        ]  # fmt: skip
+        [mscpk.Dose(0.0, 1e6, name) for name in ROUTE_VARIANTS]  # fmt: skip
     )
     model = mscpk.build_model("mouse", mscpk.cell_product("bm_msc", donor="allogeneic"))
     table = regimen.table()
