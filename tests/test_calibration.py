@@ -463,6 +463,9 @@ def test_replay_reproduces_saved_transitions(reduced_data, whole_run):
     assert total == pytest.approx(-float(replay._potential(z)), rel=1e-10)
     assert terms["solve_ok"] == 1.0
     assert replay.nonfinite_gradient_rows(t.start) == []
+    moved = replay.moved(t, step=len(t.trajectory) - 1)
+    assert len(moved) == t.start.size and (moved.posterior_sd > 0).all()
+    assert np.isfinite(moved.moved_sd).all() and moved.moved_sd.abs().is_monotonic_decreasing
     with pytest.raises(ValueError, match="did not diverge"):
         replay.where_diverged(t)
     with pytest.raises(ValueError, match="iteration: draws-phase transitions from 21 to 39"):

@@ -20,6 +20,7 @@ devices replayed alone); :func:`replay` reports whether it reproduced the saved 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import jax
@@ -276,22 +277,23 @@ class RunReplay:
         frame["change"] = frame.divergent - frame.start
         return frame.reindex(frame.change.abs().sort_values(ascending=False).index)
 
+    @cached_property
+    def _draw_sd(self) -> tuple[np.ndarray, list[str]]:
+        """SD of the draws (unconstrained, flattened in ``names`` order) and the labels of
+        the flat entries; computed once for every transition shown."""
+        columns, labels = [], []
+        for k in self.names:
+            x = np.asarray(self._transforms[k].inv(jnp.asarray(self.samples[k][:, self.warmup :])))
+            x = x.reshape(x.shape[0] * x.shape[1], -1)
+            columns.append(x)
+            labels += [k] if x.shape[1] == 1 else [f"{k}[{j}]" for j in range(x.shape[1])]
+        return np.concatenate(columns, axis=1).std(axis=0), labels
+
     def moved(self, t: Transition, step: int | None = None) -> pd.DataFrame:
         """Parameters at a step of the trajectory (default: the divergent one) against the
         start, on the unconstrained scale, in units of the draws' posterior SD there."""
         step = t.divergent_step if step is None else step
-        flat_draws = np.stack(
-            [
-                np.asarray(ravel_pytree(self.unconstrained(c, i))[0])
-                for c in range(self.chains)
-                for i in range(self.warmup, self.iterations)
-            ]
-        )
-        sd = flat_draws.std(axis=0)
-        labels = []
-        for k in self.names:
-            n = int(np.size(self.samples[k][0, 0]))
-            labels += [k] if n == 1 else [f"{k}[{j}]" for j in range(n)]
+        sd, labels = self._draw_sd
         x = t.positions[step]
         frame = pd.DataFrame(
             {"start": t.start, "at_step": x, "posterior_sd": sd, "moved_sd": (x - t.start) / sd},
