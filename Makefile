@@ -9,7 +9,7 @@ export MPLBACKEND ?= Agg
 # otherwise embed host callbacks, which the cache refuses); see README "Compilation cache".
 export EQX_ON_ERROR ?= nan
 
-.PHONY: install demo test test-all lint clean bench bench-gpu
+.PHONY: install demo test test-all lint clean bench bench-gpu bench-nuts
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ $(VENV_LATEST)/.installed-stamp: pyproject.toml
 
 bench: $(STAMP) $(if $(filter $(VENV_LATEST)/bin/python,$(BENCH_OTHER_PY)),$(VENV_LATEST)/.installed-stamp)
 	PYTHONPATH=$(CURDIR) $(PY) benchmarks/suite.py --other-python $(BENCH_OTHER_PY) $(if $(POSTERIOR),--posterior $(POSTERIOR))
+
+# Only nuts_s_per_ess of a finished calibration, written into the existing latest.json.
+bench-nuts: $(STAMP)
+	test -n "$(POSTERIOR)" || (echo "give POSTERIOR=path.nc" && false)
+	PYTHONPATH=$(CURDIR) $(PY) benchmarks/suite.py --nuts-only --posterior $(POSTERIOR)
 
 # Virtual-population benchmark on the first accelerator (1e6 subjects x 30 days); writes
 # benchmarks/results/gpu-<device>.json. The pinned .venv has the CPU build of jax: point

@@ -507,6 +507,11 @@ def cmd_fit(args) -> int:
             progress=True,
         )
     idata.posterior.attrs["map_seconds"] = best.seconds
+    # Where the run came from, for the shipped meta file (a continued run's own seconds
+    # leave out the pilot whose metric and positions it started from).
+    for name in ("state_dir", "warm_start", "metric_from", "metric_since"):
+        if getattr(args, name) is not None:
+            idata.posterior.attrs[name] = str(getattr(args, name))
     idata.to_netcdf(args.out)
     print(fit_report(idata, problem))
     print(f"wrote {args.out}")
@@ -525,6 +530,9 @@ def cmd_fit(args) -> int:
         f"posterior predictive: {cov.within.mean():.0%} of {len(cov)} rows within their 90% interval; wrote {ppc_dir}/"
     )
     if args.export:
+        # The check behind the shipped defaults goes with them (issue 6: >= 80% of rows).
+        idata.posterior.attrs["ppc_draws"] = int(args.ppc_draws)
+        idata.posterior.attrs["ppc_within_90"] = float(cov.within.mean())
         for path in export(idata, problem, args.export):
             print(f"wrote {path}")
     return 0

@@ -96,6 +96,20 @@ def test_nuts_seconds_per_ess(tmp_path):
     assert out["min_bulk_ess"] == pytest.approx(want, abs=0.5)  # arviz rounds ESS in summaries
     assert out["nuts_s_per_ess"] == pytest.approx(1234.0 / out["min_bulk_ess"], rel=1e-12)
     assert out["draws"] == 800 and out["divergence_fraction"] == 0.0
+    # --nuts-only: replaces only the NUTS figure of an existing results file.
+    import json
+
+    from suite import main as suite_main
+
+    latest = tmp_path / "latest.json"
+    earlier = {"speedup_vs_scipy_lsoda": 109.8, "nuts_s_per_ess": None, "sections_measured": {"scipy": {}}}
+    latest.write_text(json.dumps({**earlier, "grad_over_value": {"reverse": 7.9, "forward": 132.0}}))
+    with pytest.raises(SystemExit):
+        suite_main(["--nuts-only", "--out", str(latest)])
+    suite_main(["--nuts-only", "--posterior", str(path), "--out", str(latest)])
+    got = json.loads(latest.read_text())
+    assert got["nuts_s_per_ess"] == out["nuts_s_per_ess"] and got["speedup_vs_scipy_lsoda"] == 109.8
+    assert set(got["sections_measured"]) == {"scipy", "nuts"} and got["nuts"]["posterior"] == str(path)
 
 
 def test_nuts_seconds_per_ess_of_a_resumable_run_so_far():

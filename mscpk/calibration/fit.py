@@ -791,17 +791,18 @@ def run_progress(directory, problem: CalibrationProblem | None = None):
     return pieces, _from_pieces(problem, directory, paths, config["warmup"], n_draws, "not recorded")
 
 
-def summary(idata: az.InferenceData, var_names=None, hdi_prob: float = 0.9):
+def summary(idata: az.InferenceData, var_names=None, hdi_prob: float = 0.9, round_to=2):
     """Table of mean, sd, HDI, MCSE, bulk/tail ESS and R-hat (arviz) of the global sites
-    (default: every scalar site of the posterior)."""
+    (default: every scalar site of the posterior); ``round_to="none"`` keeps full precision."""
     if var_names is None:
         var_names = [v for v, da in idata.posterior.data_vars.items() if da.ndim == 2]
-    return az.summary(idata, var_names=list(var_names), hdi_prob=hdi_prob)
+    return az.summary(idata, var_names=list(var_names), hdi_prob=hdi_prob, round_to=round_to)
 
 
 def diagnostics(idata: az.InferenceData, var_names=None) -> dict:
-    """Worst R-hat, smallest bulk/tail ESS and divergence fraction of a run."""
-    table = summary(idata, var_names)
+    """Worst R-hat, smallest bulk/tail ESS and divergence fraction of a run, unrounded (an
+    R-hat of 1.014 is not "<= 1.01", though arviz's table shows it as 1.01)."""
+    table = summary(idata, var_names, round_to="none")
     div = np.asarray(idata.sample_stats["diverging"])
     return {
         "max_r_hat": float(table["r_hat"].max()),
