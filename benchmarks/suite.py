@@ -332,7 +332,8 @@ def main(argv=None):
         result = json.loads(out.read_text())
         nuts = nuts_from_posterior(args.posterior)
         result["nuts_s_per_ess"] = nuts["nuts_s_per_ess"]
-        result["nuts"] = {**nuts, "reported_on": environment()}  # the run's own versions: its attrs
+        # reported_on: this process; the run records its own versions in its attrs.
+        result["nuts"] = {**nuts, "reported_on": environment()}
         result.setdefault("sections_measured", {})["nuts"] = {"at": time.strftime("%Y-%m-%d %H:%M")}
         out.write_text(json.dumps(result, indent=2) + "\n")
         _table(result)
