@@ -9,7 +9,7 @@ export MPLBACKEND ?= Agg
 # otherwise embed host callbacks, which the cache refuses); see README "Compilation cache".
 export EQX_ON_ERROR ?= nan
 
-.PHONY: install demo test test-all lint clean bench bench-gpu bench-nuts
+.PHONY: install demo test test-all lint clean bench bench-gpu bench-nuts calibrate
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 # worksteal: idle workers take queued tests from busy ones (the suite has a few long tests).
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --dist worksteal
+	$(PY) -m pytest -q -n auto --dist worksteal --durations=12
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist worksteal -m "slow or not slow"
@@ -48,6 +48,12 @@ bench: $(STAMP) $(if $(filter $(VENV_LATEST)/bin/python,$(BENCH_OTHER_PY)),$(VEN
 bench-nuts: $(STAMP)
 	test -n "$(POSTERIOR)" || (echo "give POSTERIOR=path.nc" && false)
 	PYTHONPATH=$(CURDIR) $(PY) benchmarks/suite.py --nuts-only --posterior $(POSTERIOR)
+
+# Re-create the shipped calibration end to end (~7 h on 2 cores; resumable: the same command
+# continues it). EXPORT=mscpk/calibration/data replaces the shipped posterior once converged.
+CAL_ROOT ?= calibration-run
+calibrate: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(PY) benchmarks/recalibrate.py --root $(CAL_ROOT) $(if $(HOURS),--hours $(HOURS)) $(if $(EXPORT),--export $(EXPORT))
 
 # Virtual-population benchmark on the first accelerator (1e6 subjects x 30 days); writes
 # benchmarks/results/gpu-<device>.json. The pinned .venv has the CPU build of jax: point

@@ -47,6 +47,11 @@ def main(argv=None):
     parser.add_argument("--metric-laplace", action="store_true", help="with --state-dir (see mscpk fit)")
     parser.add_argument("--init-scatter", type=float, default=0.0, help="(see mscpk fit)")
     parser.add_argument("--step-size", type=float, default=None, help="with --state-dir (see mscpk fit)")
+    parser.add_argument(
+        "--results",
+        default=None,
+        help="where to write the timing and diagnostics (default: benchmarks/results/calibration-<device>.json)",
+    )
     args = parser.parse_args(argv)
     # Equinox's runtime checks as NaN, not host callbacks: lets the persistent compilation
     # cache keep the sampler's programs between the pieces of a resumable run (see README).
@@ -134,8 +139,12 @@ def main(argv=None):
         / max(d["min_ess_bulk"], 1e-9),
         **environment(),
     }
-    out = Path(__file__).parent / "results" / f"calibration-{device.platform}.json"
-    out.parent.mkdir(exist_ok=True)
+    out = (
+        Path(args.results)
+        if args.results
+        else Path(__file__).parent / "results" / f"calibration-{device.platform}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"wrote {out}")

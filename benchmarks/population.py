@@ -30,6 +30,52 @@ import mscpk  # noqa: E402
 from mscpk.population import chunk_for, simulate_population  # noqa: E402
 
 
+def combine(records: list[dict], names=None) -> dict:
+    """One record of a population simulated as index ranges in separate runs (``--first``):
+    the ranges must tile ``[0, N)`` without gaps or overlaps and share the benchmark and
+    solver. Wall time is the sum over the parts (the machine ran them one after another),
+    peak memory the largest part's."""
+    names = list(names) if names is not None else [str(i) for i in range(len(records))]
+    runs = []
+    for name, rec in zip(names, records, strict=True):
+        if len(rec.get("runs", ())) != 1:
+            raise ValueError(f"{name}: expected one run (one --n) per part, got {len(rec.get('runs', ()))}")
+        runs.append((rec["runs"][0], rec, name))
+    for key in ("benchmark", "solver"):
+        values = {json.dumps(rec[key], sort_keys=True) for _, rec, _ in runs}
+        if len(values) != 1:
+            raise ValueError(f"parts: differ in {key!r}: {sorted(values)}")
+    runs.sort(key=lambda r: r[0]["first_subject"])
+    end = 0
+    for run, _, name in runs:
+        if run["first_subject"] != end:
+            raise ValueError(
+                f"{name}: starts at subject {run['first_subject']}, expected {end} (gap or overlap)"
+            )
+        end += run["subjects"]
+    wall = sum(r["wall_s"] for r, _, _ in runs)
+    peaks = [r["peak_memory_bytes"] for r, _, _ in runs if r.get("peak_memory_bytes") is not None]
+    return {
+        "benchmark": runs[0][1]["benchmark"],
+        "solver": runs[0][1]["solver"],
+        "subjects": end,
+        "parts": len(runs),
+        "wall_s": wall,
+        "subjects_per_s": end / wall,
+        "all_solved": all(r["all_solved"] for r, _, _ in runs),
+        "mean_steps": sum(r["mean_steps"] * r["subjects"] for r, _, _ in runs) / end,
+        "max_peak_memory_bytes": max(peaks) if peaks else None,
+        "parts_detail": [
+            {k: r[k] for k in ("first_subject", "subjects", "wall_s", "subjects_per_s", "peak_memory_bytes")}
+            | {"date": rec.get("date"), "file": name}
+            for r, rec, name in runs
+        ],
+        "machine": runs[0][1].get("machine"),
+        "versions": runs[0][1].get("versions"),
+        "device": runs[0][1].get("device"),
+    }
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, nargs="+", default=[1, 100, 10_000])
@@ -47,7 +93,22 @@ def main(argv=None):
         "(the union is the population of one run)",
     )
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        default=None,
+        help="instead of simulating: combine the result files of index ranges (--first) of one "
+        "population into one record written to --out",
+    )
     args = parser.parse_args(argv)
+    if args.combine:
+        if not args.out:
+            raise ValueError("--combine: give --out, the combined record's path")
+        combined = combine([json.loads(Path(p).read_text()) for p in args.combine], args.combine)
+        Path(args.out).write_text(json.dumps(combined, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in combined.items() if k != "parts"}, indent=2))
+        print(f"wrote {args.out}")
+        return
     model = mscpk.build_model("mouse", "bm_msc")
     regimen = mscpk.Regimen.bolus(1e6)
     t_end = 24.0 * args.days

@@ -128,3 +128,42 @@ def test_nuts_seconds_per_ess_of_a_resumable_run_so_far():
     assert out["nuts_wall_s"] == pytest.approx(seconds, rel=1e-12)
     assert out["nuts_s_per_ess"] == pytest.approx(seconds / out["min_bulk_ess"], rel=1e-12)
     assert 0 < out["divergence_fraction"] < 0.1 and 1.0 < out["max_r_hat"] < 1.2
+
+
+def test_population_parts_combine_into_one_record(tmp_path):
+    """A large population run as index ranges (``population.py --first``) is recorded as
+    one population only if the ranges tile [0, N): wall time summed, steps weighted by
+    subjects, the largest part's peak memory."""
+    import json
+
+    from population import combine, main
+
+    def part(first, n, wall, steps, peak, solved=True):
+        run = dict(first_subject=first, subjects=n, wall_s=wall, subjects_per_s=n / wall, mean_steps=steps)
+        run |= dict(peak_memory_bytes=peak, all_solved=solved)
+        return {"benchmark": "b", "solver": {"rtol": 1e-6}, "runs": [run], "date": "2026-11-24"}
+
+    parts = [part(100, 50, 5.0, 40.0, 3e8), part(0, 100, 10.0, 30.0, 2e8)]
+    c = combine(parts, ["b.json", "a.json"])
+    assert (c["subjects"], c["parts"], c["wall_s"], c["subjects_per_s"]) == (150, 2, 15.0, 10.0)
+    assert c["mean_steps"] == pytest.approx((100 * 30.0 + 50 * 40.0) / 150) and c["all_solved"]
+    assert c["max_peak_memory_bytes"] == 3e8 and [p["file"] for p in c["parts_detail"]] == [
+        "a.json",
+        "b.json",
+    ]
+    assert not combine([part(0, 10, 1.0, 1.0, None, solved=False)])["all_solved"]
+    with pytest.raises(ValueError, match=r"b.json: starts at subject 90, expected 100 \(gap or overlap\)"):
+        combine([part(0, 100, 1.0, 1.0, 1), part(90, 10, 1.0, 1.0, 1)], ["a.json", "b.json"])
+    with pytest.raises(ValueError, match="starts at subject 10, expected 0"):
+        combine([part(10, 10, 1.0, 1.0, 1)])
+    other = part(100, 50, 5.0, 40.0, 1) | {"solver": {"rtol": 1e-8}}
+    with pytest.raises(ValueError, match="differ in 'solver'"):
+        combine([part(0, 100, 1.0, 1.0, 1), other])
+    files = []
+    for i, p in enumerate(parts):
+        files.append(tmp_path / f"p{i}.json")
+        files[-1].write_text(json.dumps(p))
+    main(["--combine", *map(str, files), "--out", str(tmp_path / "all.json")])
+    assert json.loads((tmp_path / "all.json").read_text())["subjects"] == 150
+    with pytest.raises(ValueError, match="--combine: give --out"):
+        main(["--combine", *map(str, files)])

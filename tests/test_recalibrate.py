@@ -1,0 +1,174 @@
+"""``benchmarks/recalibrate.py``: the one command that re-creates the shipped calibration
+(issue 6). Its stages are checked against the committed runs the shipped posterior came
+from; its control flow (resume, extend until converged, export only a converged fit)
+with a stand-in for the hours-long NUTS runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import recalibrate  # noqa: E402
+
+RUNS = ROOT / "benchmarks" / "runs"
+
+
+def _options(argv) -> dict:
+    out = {}
+    for a in argv:
+        key, _, value = a[2:].partition("=")
+        out[key] = value if value else True
+    return out
+
+
+def test_stages_are_the_runs_behind_the_shipped_posterior(tmp_path):
+    """Pointed at the committed pilot and pooled runs, each stage has the settings of the
+    run that followed (its config.pkl), starts from the last piece of the one before (as
+    the shipped fit's meta records) and gets the same dense mass matrix, bit for bit."""
+    from mscpk.calibration import defaults
+    from mscpk.calibration import fit as calfit
+
+    (tmp_path / "pilot").symlink_to(RUNS / "statement_pilot")
+    (tmp_path / "pooled").symlink_to(RUNS / "statement_pooled")
+    problem = calfit.problem_of_run(RUNS / "statement_masked")
+    recorded = {"pilot": "statement_pilot", "pooled": "statement_pooled", "final": "statement_masked"}
+    for stage, run in recorded.items():
+        opts = _options(recalibrate.stage_args(tmp_path, stage, draws=240))
+        config = pickle.loads((RUNS / run / "config.pkl").read_bytes())
+        assert int(opts["chains"]) == config["chains"] and int(opts["warmup"]) == config["warmup"]
+        assert int(opts["max-tree-depth"]) == config["max_tree_depth"]
+        assert float(opts["target-accept"]) == config["target_accept"]
+        assert float(opts.get("init-scatter", 0.0)) == config.get("init_scatter", 0.0)
+        assert config["adapt_mass_matrix"] is False and config["warm_start"] == ("warm-start" in opts)
+        assert opts["state-dir"] == str(tmp_path / stage)
+        if stage == "pilot":
+            assert opts["metric-laplace"] is True  # its matrix needs the MAP: not recomputed here
+            continue
+        before = opts["metric-from"]
+        assert opts["warm-start"] == str(Path(before) / "piece_0007.pkl")
+        draws = calfit.pilot_draws(before, since=int(opts["metric-since"]))
+        assert next(iter(draws.values())).shape[:2] == (4, 60)  # the 60 draws per chain it ran
+        m = np.ascontiguousarray(calfit.dense_metric(problem, draws))
+        assert hashlib.sha256(m.tobytes()).hexdigest() == config["inverse_mass_matrix_sha256"]
+    meta = (
+        json.loads((defaults.DATA_DIR / defaults.META_FILE).read_text())
+        if defaults.DATA_DIR.exists()
+        else None
+    )
+    if meta is not None:  # the shipped fit records where it started (mscpk fit --export)
+        assert meta["warm_start"].endswith("statement_pooled/piece_0007.pkl")
+        assert meta["metric_from"].endswith("statement_pooled") and meta["metric_since"] == "19"
+    with pytest.raises(ValueError, match="unknown stage"):
+        recalibrate.stage_args(tmp_path, "extra")
+    with pytest.raises(ValueError, match="draws: the final stage"):
+        recalibrate.stage_args(tmp_path, "final")
+
+
+class FakeRuns:
+    """Stands in for ``benchmarks/calibration.py``: writes a stage's pieces (10 draws per
+    call), and on finishing its posterior, ``calibration.json`` and coverage.csv. The
+    final stage's diagnostics improve with its draws as given by ``ess``."""
+
+    def __init__(self, clock, ess=lambda draws: 2.0 * draws, within=0.9, stop_pilot_after=None):
+        self.calls, self.clock, self.ess, self.within = [], clock, ess, within
+        self.stop_pilot_after = stop_pilot_after
+
+    def __call__(self, argv):
+        opts = _options(argv)
+        self.calls.append(opts)
+        d = Path(opts["state-dir"])
+        d.mkdir(parents=True, exist_ok=True)
+        if not (d / "map.pkl").exists():
+            assert d.name == "pilot"  # the later stages get the pilot's MAP
+            (d / "map.pkl").write_bytes(b"map")
+        if "warm-start" in opts:
+            assert Path(opts["warm-start"]).exists()
+        draws = int(opts["draws"])
+        have = len(list(d.glob("piece_*.pkl"))) * 10
+        while have < draws:
+            if d.name == "pilot" and self.stop_pilot_after is not None and have >= self.stop_pilot_after:
+                return  # stopped by --hours
+            (d / f"piece_{have // 10:04d}.pkl").write_bytes(b"piece")
+            have += 10
+            self.clock.t += 100.0
+        (d / "posterior.nc").write_bytes(b"nc")
+        ess = self.ess(draws) if d.name == "final" else 50.0
+        diag = {"max_r_hat": 1.005, "min_ess_bulk": ess, "divergence_fraction": 0.0}
+        (d / "calibration.json").write_text(json.dumps({"diagnostics": diag}))
+        (d / "posterior.nc.ppc").mkdir(exist_ok=True)
+        pd.DataFrame(
+            {"within": [True] * int(100 * self.within) + [False] * (100 - int(100 * self.within))}
+        ).to_csv(d / "posterior.nc.ppc" / "coverage.csv", index=False)
+
+
+class Clock:
+    t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_pipeline_resumes_extends_until_converged_and_exports_only_then(tmp_path, capsys):
+    clock = Clock()
+    root = tmp_path / "cal"
+    runs = FakeRuns(clock, stop_pilot_after=30)
+    # Stopped in the pilot (its --hours): nothing after it runs; the same command continues.
+    assert recalibrate.main(["--root", str(root), "--hours", "1"], runner=runs, clock=clock) == 0
+    assert [c["state-dir"] for c in runs.calls] == [str(root / "pilot")]
+    assert "stopped in stage 'pilot'" in capsys.readouterr().out
+    assert float(runs.calls[0]["hours"]) == pytest.approx(1.0)
+    runs.stop_pilot_after = None
+    out = tmp_path / "shipped"
+    assert recalibrate.main(["--root", str(root), "--export", str(out)], runner=runs, clock=clock) == 0
+    stages = [(Path(c["state-dir"]).name, int(c["draws"]), "export" in c) for c in runs.calls[1:]]
+    assert stages[:3] == [("pilot", 60, False), ("pooled", 60, False), ("final", 240, False)]
+    assert stages[-1] == ("final", 240, True)  # 2 x 240 = 480 >= 400: met at once, exported
+    assert (root / "pooled" / "map.pkl").read_bytes() == b"map" == (root / "final" / "map.pkl").read_bytes()
+    assert runs.calls[2]["warm-start"] == str(root / "pilot" / "piece_0005.pkl")
+    assert runs.calls[3]["warm-start"] == str(root / "pooled" / "piece_0005.pkl")
+    record = json.loads((root / "pipeline.json").read_text())
+    assert record["stages"]["pilot"]["finished"] and record["stages"]["pooled"]["finished"]
+    assert record["stages"]["pilot"]["wall_s"] == pytest.approx(600.0)  # 3 + 3 pieces of 100 s
+    assert record["final_draws"] == 240 and record["ppc_within_90"] == pytest.approx(0.9)
+    # Finished stages are not run again.
+    n = len(runs.calls)
+    assert recalibrate.main(["--root", str(root)], runner=runs, clock=clock) == 0
+    assert [Path(c["state-dir"]).name for c in runs.calls[n:]] == ["final"]
+
+
+def test_pipeline_extends_the_final_stage_and_refuses_to_export_what_falls_short(tmp_path, capsys):
+    clock = Clock()
+    runs = FakeRuns(clock, ess=lambda draws: draws + 150.0)
+    root, out = tmp_path / "cal", tmp_path / "shipped"
+    assert recalibrate.main(["--root", str(root), "--export", str(out)], runner=runs, clock=clock) == 0
+    finals = [(int(c["draws"]), "export" in c) for c in runs.calls if Path(c["state-dir"]).name == "final"]
+    assert finals == [(240, False), (270, False), (270, True)]  # ESS 390 < 400, then 420
+    assert json.loads((root / "pipeline.json").read_text())["final_draws"] == 270
+    # Too few rows inside their predictive interval: converged but not exported.
+    runs2 = FakeRuns(clock, within=0.7)
+    assert (
+        recalibrate.main(["--root", str(tmp_path / "b"), "--export", str(out)], runner=runs2, clock=clock)
+        == 1
+    )
+    assert not any("export" in c for c in runs2.calls)
+    assert "not exported: 70%" in capsys.readouterr().out
+    # Never converging: stops at --max-draws with exit status 1.
+    runs3 = FakeRuns(clock, ess=lambda draws: 100.0)
+    assert (
+        recalibrate.main(["--root", str(tmp_path / "c"), "--max-draws", "300"], runner=runs3, clock=clock)
+        == 1
+    )
+    assert [int(c["draws"]) for c in runs3.calls if Path(c["state-dir"]).name == "final"] == [240, 270, 300]
+    with pytest.raises(ValueError, match="--extend: expected an integer >= 1, got 0"):
+        recalibrate.main(["--root", str(tmp_path / "d"), "--extend", "0"], runner=runs3)
+    with pytest.raises(ValueError, match="--hours: expected hours > 0"):
+        recalibrate.main(["--root", str(tmp_path / "d"), "--hours", "0"], runner=runs3)
