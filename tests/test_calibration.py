@@ -318,6 +318,11 @@ def _check_shipped_files(directory, n_draws=None):
         assert c in entries and e["sets"] == f"{c.target}.{c.field}" and e["units"] == c.units
         upper = 1.0 if c.prior == "logitnormal" else np.inf
         assert ((draws[c.name] > 0) & (draws[c.name] < upper)).all(), c.name
+    # The table at full precision (a rate of 1.5e-3 /h rounded to 2 decimals reads 0), and
+    # its means those of the full run, which the thinned sample estimates.
+    sample = draws[list(table.index)]
+    assert (table["mean"] > 0).all() and (table["hdi_5%"] < table["hdi_95%"]).all()
+    assert (np.abs(table["mean"] - sample.mean()) < 0.5 * table["sd"]).all()
     assert {"max_r_hat", "min_ess_bulk", "min_ess_tail", "divergence_fraction", "draws"} <= set(
         meta["diagnostics"]
     )

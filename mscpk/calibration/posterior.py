@@ -56,7 +56,7 @@ def export(idata, problem, out_dir, n_draws: int = SHIPPED_DRAWS, seed: int = 0)
         frame = frame.sample(n=n_draws, random_state=seed).sort_values(["chain", "draw"])
     paths = [out / DRAWS_FILE, out / SUMMARY_FILE, out / META_FILE]
     frame.to_csv(paths[0], index=False, float_format="%.10g")
-    summary(idata, names).to_csv(paths[1])
+    summary(idata, names).to_csv(paths[1], float_format="%.6g")
     meta = dict(post.attrs)
     meta["diagnostics"] = diagnostics(idata, names)
     meta["calibrated_entries"] = [
