@@ -111,7 +111,7 @@ def random_parameters(key, base: mscpk.KineticParameters) -> mscpk.KineticParame
 
 
 #: Tests that take a minute or more on the 2-core CI machine (``pytest --durations``,
-#: 2026-11-23), longest first. They are collected first: pytest-xdist's work stealing
+#: 2026-11-23), longest first, and the other users of ``whole_run``. They are collected first: pytest-xdist's work stealing
 #: (``make test``: ``-n auto --dist worksteal``) hands each worker a contiguous half of the
 #: collection and moves not-yet-started tests from the end of one queue to an idle worker,
 #: so long tests at the front cannot end up as one worker's last job while the other
@@ -122,6 +122,10 @@ LONG_TESTS = (
     "test_cli_fit_one_study_and_posterior_summary",
     "test_resumable_nuts_continues_where_it_stopped",
     "test_dense_metric_from_a_pilot_run_is_kept",
+    # With the two above, the users of the module fixture `whole_run` (~30 s to build):
+    # next to each other at the front, one worker builds it once for all four.
+    "test_replay_reproduces_saved_transitions",
+    "test_run_progress_reads_a_saved_run",
     "test_laplace_metric_is_the_inverse_hessian_and_scatters_the_starts",
     "test_notebook_executes[02_mechanisms.ipynb]",
     "test_likelihood_and_gradient_finite_match_finite_differences_and_prior_draws",

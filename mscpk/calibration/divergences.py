@@ -34,7 +34,7 @@ from numpyro.infer.hmc import HMCState
 from numpyro.infer.hmc_util import euclidean_kinetic_energy
 from numpyro.infer.util import initialize_model
 
-from .fit import _load, _run_config_file, problem_of_run
+from .fit import _load, _run_config_file, problem_of_run, set_up_kernel
 from .problem import CalibrationProblem
 
 #: NumPyro's divergence threshold on the energy error (nats), NUTS's default.
@@ -146,7 +146,7 @@ class RunReplay:
             max_tree_depth=int(self.config["max_tree_depth"]),
             target_accept_prob=float(self.config["target_accept"]),
         )
-        jax.jit(lambda z: kernel.init(jax.random.PRNGKey(0), self.warmup, init_params=z))(z0)
+        set_up_kernel(kernel, self.warmup, z0)
         self._kernel = kernel
         self._sample = jax.jit(lambda s: kernel.sample(s, (), {}))
         self._value_and_grad = jax.jit(jax.value_and_grad(potential))
