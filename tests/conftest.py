@@ -111,11 +111,11 @@ def random_parameters(key, base: mscpk.KineticParameters) -> mscpk.KineticParame
 
 
 #: Tests that take a minute or more on the 2-core CI machine (``pytest --durations``,
-#: 2026-11-23), longest first, and the other users of ``whole_run``. They are collected first: pytest-xdist's work stealing
-#: (``make test``: ``-n auto --dist worksteal``) hands each worker a contiguous half of the
-#: collection and moves not-yet-started tests from the end of one queue to an idle worker,
-#: so long tests at the front cannot end up as one worker's last job while the other
-#: worker idles.
+#: 2026-11-23), longest first, and the other users of ``whole_run``. They are collected
+#: first: pytest-xdist's work stealing (``make test``: ``-n auto --dist worksteal``) hands
+#: each worker a contiguous half of the collection and moves not-yet-started tests from the
+#: end of one queue to an idle worker, so long tests at the front cannot end up as one
+#: worker's last job while the other worker idles.
 LONG_TESTS = (
     "test_notebook_executes[05_calibration.ipynb]",
     "test_recovery_small",
