@@ -60,7 +60,7 @@ calibrate: $(STAMP)
 # BENCH_PY at a Python whose jax sees the GPU (e.g. make bench-gpu BENCH_PY=python3).
 BENCH_PY ?= $(PY)
 bench-gpu: $(STAMP)
-	PYTHONPATH=$(CURDIR) $(BENCH_PY) benchmarks/population.py --n 1 1000 100000 1000000 --chunk 250000
+	PYTHONPATH=$(CURDIR) $(BENCH_PY) benchmarks/population.py --n 1 1000 100000 1000000 --chunk 500000
 
 lint: $(STAMP)
 	$(PY) -m ruff check mscpk tests

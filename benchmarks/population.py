@@ -30,6 +30,13 @@ import mscpk  # noqa: E402
 from mscpk.population import chunk_for, simulate_population  # noqa: E402
 
 
+def scenario(days: float):
+    """The benchmark's model, regimen, daily output times (h) and horizon (h)."""
+    t_end = 24.0 * days
+    times = np.arange(0.0, t_end + 1e-9, 24.0)
+    return mscpk.build_model("mouse", "bm_msc"), mscpk.Regimen.bolus(1e6), times, t_end
+
+
 def combine(records: list[dict], names=None) -> dict:
     """One record of a population simulated as index ranges in separate runs (``--first``):
     the ranges must tile ``[0, N)`` without gaps or overlaps and share the benchmark and
@@ -81,6 +88,7 @@ def main(argv=None):
     parser.add_argument("--n", type=int, nargs="+", default=[1, 100, 10_000])
     parser.add_argument("--chunk", type=int, default=None, help="default: simulate_population's")
     parser.add_argument("--days", type=float, default=30.0)
+    parser.add_argument("--solver", default=None, help="default: SolverConfig's (tsit5)")
     parser.add_argument("--rtol", type=float, default=None, help="default: SolverConfig's")
     parser.add_argument(
         "--atol", type=float, default=None, help="fraction of the dose; default: SolverConfig's"
@@ -91,6 +99,9 @@ def main(argv=None):
         default=0,
         help="index of the first subject: a large N run as index ranges in separate processes "
         "(the union is the population of one run)",
+    )
+    parser.add_argument(
+        "--full", action="store_true", help="integrate every state slot (simulate_population reduced=False)"
     )
     parser.add_argument("--out", default=None)
     parser.add_argument(
@@ -109,14 +120,13 @@ def main(argv=None):
         print(json.dumps({k: v for k, v in combined.items() if k != "parts"}, indent=2))
         print(f"wrote {args.out}")
         return
-    model = mscpk.build_model("mouse", "bm_msc")
-    regimen = mscpk.Regimen.bolus(1e6)
-    t_end = 24.0 * args.days
-    times = np.arange(0.0, t_end + 1e-9, 24.0)
+    model, regimen, times, t_end = scenario(args.days)
     key = jax.random.PRNGKey(0)
     base = mscpk.SolverConfig()
     solver = mscpk.SolverConfig(
-        rtol=args.rtol if args.rtol else base.rtol, atol=args.atol if args.atol else base.atol
+        solver=args.solver or base.solver,
+        rtol=args.rtol if args.rtol else base.rtol,
+        atol=args.atol if args.atol else base.atol,
     )
     runs = []
     compiled = set()
@@ -126,19 +136,37 @@ def main(argv=None):
         if chunk not in compiled:  # warm-up: compiles the chunk function for this size
             t0 = time.perf_counter()
             simulate_population(
-                model, regimen, times, t_end, chunk, jax.random.PRNGKey(1), chunk_size=chunk, solver=solver
+                model,
+                regimen,
+                times,
+                t_end,
+                chunk,
+                jax.random.PRNGKey(1),
+                chunk_size=chunk,
+                solver=solver,
+                reduced=not args.full,
             )
             compile_s = time.perf_counter() - t0
             compiled.add(chunk)
         t0 = time.perf_counter()
         result = simulate_population(
-            model, regimen, times, t_end, n, key, chunk_size=chunk, solver=solver, first=args.first
+            model,
+            regimen,
+            times,
+            t_end,
+            n,
+            key,
+            chunk_size=chunk,
+            solver=solver,
+            first=args.first,
+            reduced=not args.full,
         )
         wall = time.perf_counter() - t0
         lung = result.quantiles((0.05, 0.5, 0.95))[("viable_cells", "lung")]
         runs.append(
             {
                 "subjects": n,
+                "slots": result.meta["slots"],
                 "first_subject": args.first,
                 "chunk": chunk,
                 "wall_s": wall,
@@ -158,7 +186,12 @@ def main(argv=None):
         )
     out = {
         "benchmark": f"virtual population, mouse BM-MSC 1e6 IV, {args.days:g} days, daily outputs",
-        "solver": {"solver": solver.solver, "rtol": solver.rtol, "atol_fraction_of_dose": solver.atol},
+        "solver": {
+            "solver": solver.solver,
+            "rtol": solver.rtol,
+            "atol_fraction_of_dose": solver.atol,
+            "reduced": not args.full,
+        },
         "runs": runs,
         **environment(),
     }

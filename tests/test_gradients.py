@@ -217,3 +217,11 @@ def test_idle_fast_site_keeps_reverse_mode_finite():
     assert np.all(np.isfinite(reverse)), reverse
     assert abs(reverse[0]) > 1.0 and reverse[1] == 0.0  # the IM site matters, the idle one not
     np.testing.assert_allclose(reverse, forward, rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("slots", [[], [0, 0], [-1], [10**6], [1.5], [[1, 2]]])
+def test_bad_slots_are_named(mouse_model, slots):
+    from mscpk.solve.segments import solve
+
+    with pytest.raises(ValueError, match="slots: expected a non-empty sequence of distinct state indices"):
+        solve(mouse_model, mscpk.Regimen.bolus(1e6).table(), jnp.asarray([1.0]), 2.0, slots=slots)

@@ -203,3 +203,66 @@ def test_devices_must_be_jax_devices(mouse_model):
         simulate_population(
             mouse_model, mscpk.Regimen.bolus(1e6), TIMES, 48.0, 2, jax.random.PRNGKey(0), devices=["cpu:0"]
         )
+
+
+@pytest.mark.parametrize(
+    "regimen, outputs, expected",
+    [
+        (mscpk.Regimen.bolus(1e6), (("viable_cells", "lung"),), "viable"),
+        (mscpk.Regimen.bolus(1e6, route="im"), (("viable_cells", "whole_body"),), "viable+depot"),
+        (mscpk.Regimen.bolus(1e6), (("il10", "blood"), ("donor_dna", "liver")), None),
+    ],
+)
+def test_output_slots_are_closed_under_the_dynamics(mouse_model, regimen, outputs, expected):
+    """The kept slots hold what the outputs read, and every left-out slot that feeds a kept
+    one stays zero (no dose reaches it), checked on the Jacobians at a random state (not
+    the generic points used to find the slots)."""
+    from mscpk.model.layout import unpack
+    from mscpk.observation.assays import OUTPUT_ORGANS
+    from mscpk.population import _Outputs, output_slots
+    from mscpk.solve.segments import reachable
+
+    n = mouse_model.n_states
+    columns = tuple((q, OUTPUT_ORGANS.index(o)) for q, o in outputs)
+    kept = np.zeros(n, bool)
+    kept[list(output_slots(mouse_model, regimen.table(), columns))] = True
+    assert 0 < kept.sum() < n
+    tr = mouse_model.transport()
+    y = jnp.asarray(np.random.default_rng(3).uniform(0.1, 10.0, n))
+    rhs = np.asarray(jax.jacfwd(lambda v: mouse_model.vector_field_from(tr, v, None))(y))
+    obs = np.asarray(jax.jacfwd(lambda v: jnp.ravel(_Outputs(columns)(mouse_model, v)))(y))
+    table = regimen.table()
+    dosed = jnp.any((table.cells[:, None] > 0) & (jax.vmap(mouse_model.dose_vector)(table) != 0), axis=0)
+    live = np.asarray(reachable(mouse_model, tr, dosed))
+    feeding = np.any(rhs[kept] != 0, axis=0) | np.any(obs != 0, axis=0)
+    assert not np.any(feeding & ~kept & live), "a left-out slot that doses reach feeds a kept slot"
+    assert np.any(feeding & ~kept), "expected unreachable slots (e.g. alloimmune effector) in the field"
+    pools = unpack(np.arange(n), mouse_model.n_size_classes)
+    viable, depot = np.asarray(pools.viable).ravel(), np.asarray(pools.depot_viable).ravel()
+    if expected == "viable":
+        assert set(np.flatnonzero(kept)) == set(viable)
+    elif expected == "viable+depot":  # the IM depot column feeds the organs
+        im = np.asarray(pools.depot_viable)[:, mscpk.model.layout.DEPOTS.index("im")]
+        assert set(np.flatnonzero(kept)) == set(viable) | set(im)
+        assert not kept[np.setdiff1d(depot, im)].any()
+
+
+@pytest.mark.parametrize(
+    "regimen, outputs",
+    [
+        (mscpk.Regimen.bolus(1e6), (("viable_cells", "lung"), ("donor_dna", "whole_body"))),
+        (mscpk.Regimen.bolus(1e6, route="im"), (("viable_cells", "whole_body"), ("il10", "blood"))),
+        (mscpk.Regimen.infusion(1e6, 0.5), (("radiolabel", "liver"), ("dead_cells", "lung"))),
+    ],
+)
+def test_reduced_population_matches_the_full_solve(mouse_model, regimen, outputs):
+    """Integrating only the slots the outputs need gives the full system's outputs (to
+    the solver tolerance: the error control sees fewer slots)."""
+    args = (mouse_model, regimen, TIMES, 48.0, 6, jax.random.PRNGKey(5))
+    reduced = simulate_population(*args, outputs=outputs)
+    full = simulate_population(*args, outputs=outputs, reduced=False)
+    assert reduced.meta["slots"] < full.meta["slots"] == mouse_model.n_states
+    for k in outputs:
+        scale = np.max(np.abs(full.values[k]), axis=1, keepdims=True)
+        np.testing.assert_allclose(reduced.values[k] / scale, full.values[k] / scale, rtol=0, atol=1e-6)
+    assert reduced.success.all() and full.success.all()

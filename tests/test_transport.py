@@ -8,7 +8,7 @@ import pytest
 from jax.scipy.linalg import expm
 
 import mscpk
-from mscpk.model.transport import LIVER, LUNG, PORTAL_ORGANS, size_extraction
+from mscpk.model.transport import LIVER, LUNG, PORTAL_ORGANS, redistribute, size_extraction
 
 ORGANS = mscpk.ORGANS
 
@@ -30,6 +30,21 @@ def test_circulation_partitions_sum_to_one(product):
         np.testing.assert_allclose(np.asarray(c.pool.sum(1) + c.pool_dead), 1.0, rtol=1e-13)
         np.testing.assert_allclose(np.asarray(c.release.sum(1) + c.release_dead), 1.0, rtol=1e-13)
         assert float(c.pool.min()) >= 0 and float(c.release.min()) >= 0
+
+
+@pytest.mark.parametrize(
+    "species,product", [("rat", "bm_msc"), ("mouse", "spheroid_msc"), ("human", "bm_mnc")]
+)
+def test_redistribute_is_the_release_matrix_product(species, product):
+    """The factored form applies the full (S, O, O) release matrix, batched too."""
+    tr = mscpk.build_model(species, product).transport()
+    rng = np.random.default_rng(7)
+    for c in (tr.cells, tr.label, tr.aggregates):
+        released = jnp.asarray(rng.uniform(0.0, 2.0, (3,) + c.pool.shape))
+        expected = jnp.einsum("sij,bsj->bsi", c.release, released)
+        np.testing.assert_allclose(
+            np.asarray(redistribute(c, released)), np.asarray(expected), rtol=1e-13, atol=0
+        )
 
 
 def dynamic_blood_reference(model, t):

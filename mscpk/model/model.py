@@ -49,7 +49,7 @@ from .layout import (
     unpack,
 )
 from .parameters import KineticParameters
-from .transport import Circulation, circulation, first_pass_extraction, size_extraction
+from .transport import Circulation, circulation, first_pass_extraction, redistribute, size_extraction
 
 _LIVER = ORGANS.index("liver")
 _SPLEEN = ORGANS.index("spleen")
@@ -358,11 +358,8 @@ class Model(eqx.Module):
         signals = self._signals(r, x, strength)
         signals["secreted_factor"] = dp["secreted_factor"]
         common = dict(
-            viable=jnp.einsum("sij,sj->si", tr.cells.release, released)
-            - released
-            - death[None, :] * x.viable
-            + dp["viable"],
-            label_viable=jnp.einsum("sij,sj->si", tr.label.release, released_l)
+            viable=redistribute(tr.cells, released) - released - death[None, :] * x.viable + dp["viable"],
+            label_viable=redistribute(tr.label, released_l)
             - released_l
             - (death + leak)[None, :] * x.label_viable
             + dp["label_viable"],

@@ -105,6 +105,11 @@ class Circulation(NamedTuple):
       organ ``j``; ``release_dead`` ``(S, O)``: probability it dies in blood.
     - ``release_to_pool``: ``(S, O)``: probability a cell released from organ ``j`` reaches
       venous blood (and so is counted among circulating cells).
+    - ``lung_release_arrest``: ``(S, O)``: probability that a cell released from the lung
+      is arrested in each organ on its first systemic pass (before the pool);
+      ``portal_release_arrest``: ``(S,)``: that a cell released from gut or spleen is
+      arrested in the liver first. With ``pool`` and ``release_to_pool`` they make up
+      ``release`` (:func:`redistribute` applies it without forming it).
     """
 
     out_rate: Float[Array, " S"]
@@ -113,6 +118,8 @@ class Circulation(NamedTuple):
     release: Float[Array, "S O O"]
     release_dead: Float[Array, "S O"]
     release_to_pool: Float[Array, "S O"]
+    lung_release_arrest: Float[Array, "S O"]
+    portal_release_arrest: Float[Array, " S"]
 
 
 def circulation(
@@ -151,4 +158,21 @@ def circulation(
     )  # (S, O_to, O_from)
     release = direct + pool[:, :, None] * release_to_pool[:, None, :]
     release_dead = pool_dead[:, None] * release_to_pool
-    return Circulation(out_rate, pool, pool_dead, release, release_dead, release_to_pool)
+    return Circulation(
+        out_rate, pool, pool_dead, release, release_dead, release_to_pool, fate_art, extraction[:, LIVER]
+    )
+
+
+def redistribute(c: Circulation, released: Float[Array, "... S O"]) -> Float[Array, "... S O"]:
+    """Where released cells are eventually arrested: ``einsum("sij,sj->si", c.release,
+    released)`` (batched over leading dimensions) from the factors of ``release`` (a
+    lung column, a liver row and a rank-one pool part), in ``O(S O)`` instead of
+    ``O(S O^2)`` work and without reading the ``(S, O, O)`` array: on an accelerator the
+    right-hand side is memory-bound and this array was most of what it read."""
+    to_pool = jnp.sum(c.release_to_pool * released, -1)  # (..., S)
+    portal = jnp.sum(released * _PORTAL, -1)
+    return (
+        c.lung_release_arrest * released[..., LUNG, None]
+        + (c.portal_release_arrest * portal)[..., None] * _E_LIVER
+        + c.pool * to_pool[..., None]
+    )
