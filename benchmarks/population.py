@@ -37,6 +37,21 @@ def scenario(days: float):
     return mscpk.build_model("mouse", "bm_msc"), mscpk.Regimen.bolus(1e6), times, t_end
 
 
+def run_record(result, wall: float, compile_s: float | None) -> dict:
+    """What every population run records: size, slots, time, steps, success, memory."""
+    return {
+        "subjects": result.n,
+        "slots": result.meta["slots"],
+        "wall_s": wall,
+        "subjects_per_s": result.n / wall,
+        "first_call_with_compile_s": compile_s,
+        "mean_steps": float(result.n_steps.mean()),
+        "max_steps": int(result.n_steps.max()),
+        "all_solved": bool(result.success.all()),
+        "peak_memory_bytes": peak_memory_bytes(),
+    }
+
+
 def combine(records: list[dict], names=None) -> dict:
     """One record of a population simulated as index ranges in separate runs (``--first``):
     the ranges must tile ``[0, N)`` without gaps or overlaps and share the benchmark and
@@ -165,17 +180,10 @@ def main(argv=None):
         lung = result.quantiles((0.05, 0.5, 0.95))[("viable_cells", "lung")]
         runs.append(
             {
-                "subjects": n,
-                "slots": result.meta["slots"],
+                **run_record(result, wall, compile_s),
                 "first_subject": args.first,
                 "chunk": chunk,
-                "wall_s": wall,
-                "subjects_per_s": n / wall,
-                "first_call_with_compile_s": compile_s,
-                "mean_steps": float(result.n_steps.mean()),
-                "all_solved": bool(result.success.all()),
                 "lung_viable_day1_p05_p50_p95": lung[:, 1].tolist() if lung.shape[1] > 1 else None,
-                "peak_memory_bytes": peak_memory_bytes(),
             }
         )
         r = runs[-1]

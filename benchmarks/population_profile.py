@@ -89,8 +89,8 @@ def main(argv=None):
     import numpy as np
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from _common import environment, peak_memory_bytes
-    from population import scenario
+    from _common import environment
+    from population import run_record, scenario
 
     import mscpk
     from mscpk.population import simulate_population
@@ -124,16 +124,8 @@ def main(argv=None):
         )
         record = {
             "variant": variant,
-            "slots": result.meta["slots"],
-            "subjects": n,
-            "wall_s": wall,
-            "subjects_per_s": n / wall,
-            "first_call_with_compile_s": compile_s,
-            "mean_steps": float(result.n_steps.mean()),
-            "max_steps": int(result.n_steps.max()),
-            "all_solved": bool(result.success.all()),
+            **run_record(result, wall, compile_s),
             "max_deviation_from_first_variant": deviation,
-            "peak_memory_bytes": peak_memory_bytes(),
         }
         if variant == args.profile:
             trace_dir = out / "trace"
