@@ -173,7 +173,10 @@ class PopulationResult:
 
     ``values[(quantity, organ)]`` is an (N, T) array at ``times_h``; ``success`` (N,) is
     whether each subject's solve succeeded (failed subjects' rows are NaN, never zeros);
-    ``n_steps`` (N,) solver steps per subject.
+    ``n_steps`` (N,) solver steps per subject. ``meta`` records the call (``n``, ``first``,
+    ``variability``, ``outputs``, ``t_end_h``, ``devices``) and the state slots integrated:
+    ``slots`` (their number) and ``slot_indices`` (the indices; ``None`` when every slot
+    was, ``reduced=False``).
     """
 
     times_h: np.ndarray
@@ -394,5 +397,6 @@ def simulate_population(
             "t_end_h": float(t_end_h),
             "devices": n_dev,
             "slots": len(slots) if slots is not None else model.n_states,
+            "slot_indices": slots,
         },
     )

@@ -69,6 +69,26 @@ def test_scipy_solution_matches_mscpk():
     assert viable_ref[1, 1] > 1e4  # cells are in the lung at 1 h
 
 
+def test_scipy_on_the_output_slots_matches_the_full_solve():
+    """SciPy on the subsystem ``simulate_population`` integrates (the output slots) gives
+    the outputs of the full SciPy solve, in fewer evaluations; other columns stay zero."""
+    from mscpk.population import output_slots
+
+    model = mscpk.build_model()
+    table = mscpk.Regimen.bolus(1e6).table()
+    times = np.array([0.0, 1.0, 24.0, 96.0])
+    slots = output_slots(model, table, [("viable_cells", 1)])
+    assert 0 < len(slots) < model.n_states
+    full = solve_scipy(model, table, times, 96.0, "LSODA")
+    part = solve_scipy(model, table, times, 96.0, "LSODA", slots=slots)
+    assert part["success"] and part["nfev"] < full["nfev"]
+    blood = jnp.zeros((len(times), model.n_size_classes))
+    lung = [np.asarray(model.observe(jnp.asarray(r["ys"]), blood).viable[:, 1]) for r in (full, part)]
+    np.testing.assert_allclose(lung[1], lung[0], rtol=1e-4)
+    outside = np.setdiff1d(np.arange(model.n_states), slots)
+    assert np.all(part["ys"][:, outside] == 0.0) and np.any(full["ys"][:, outside] != 0.0)
+
+
 def test_scipy_reference_refuses_infusions():
     model = mscpk.build_model()
     with pytest.raises(ValueError, match="regimen"):

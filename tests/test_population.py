@@ -262,6 +262,7 @@ def test_reduced_population_matches_the_full_solve(mouse_model, regimen, outputs
     reduced = simulate_population(*args, outputs=outputs)
     full = simulate_population(*args, outputs=outputs, reduced=False)
     assert reduced.meta["slots"] < full.meta["slots"] == mouse_model.n_states
+    assert len(reduced.meta["slot_indices"]) == reduced.meta["slots"] and full.meta["slot_indices"] is None
     for k in outputs:
         scale = np.max(np.abs(full.values[k]), axis=1, keepdims=True)
         np.testing.assert_allclose(reduced.values[k] / scale, full.values[k] / scale, rtol=0, atol=1e-6)
