@@ -109,6 +109,9 @@ def main(argv=None):
         "--atol", type=float, default=None, help="fraction of the dose; default: SolverConfig's"
     )
     parser.add_argument(
+        "--norm", default=None, help="max or rms (SciPy's error measure); default: SolverConfig's (max)"
+    )
+    parser.add_argument(
         "--first",
         type=int,
         default=0,
@@ -142,6 +145,7 @@ def main(argv=None):
         solver=args.solver or base.solver,
         rtol=args.rtol if args.rtol else base.rtol,
         atol=args.atol if args.atol else base.atol,
+        norm=args.norm or base.norm,
     )
     runs = []
     compiled = set()
@@ -198,6 +202,7 @@ def main(argv=None):
             "solver": solver.solver,
             "rtol": solver.rtol,
             "atol_fraction_of_dose": solver.atol,
+            "norm": solver.norm,
             "reduced": not args.full,
         },
         "runs": runs,

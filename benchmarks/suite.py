@@ -6,12 +6,15 @@ Keys (each measured in this one run; ratios side by side):
 - ``speedup_vs_scipy_lsoda`` (and ``_rk45``): per-subject throughput of
   :func:`mscpk.population.simulate_population` at ``--subjects`` (10,000) over SciPy
   ``solve_ivp`` on the same equations in NumPy (``scipy_reference.py``), same subjects,
-  tolerances and daily outputs, SciPy timed on a subsample (``--scipy-subjects``). SciPy
-  runs one subject after another on one core; mscpk shards each chunk over every core
-  as a JAX host device (``speedup_vs_scipy_lsoda_one_device``: on one device). Both
-  integrate every state slot (``population.py --full``). ``speedup_vs_scipy_lsoda_reduced``:
-  both integrate only the slots the outputs need (60 of 283 here; the same subsystem,
-  ``simulate_population``'s default and ``solve_scipy(..., slots=...)``).
+  tolerances (``rtol``, ``atol`` and SciPy's error measure, the RMS norm:
+  ``SolverConfig(norm="rms")``) and daily outputs, SciPy timed on a subsample
+  (``--scipy-subjects``). SciPy runs one subject after another on one core; mscpk shards
+  each chunk over every core as a JAX host device (``speedup_vs_scipy_lsoda_one_device``:
+  on one device). Both integrate every state slot (``population.py --full``).
+  ``speedup_vs_scipy_lsoda_reduced``: both integrate only the slots the outputs need (60
+  of 283 here; the same subsystem, ``simulate_population``'s default and
+  ``solve_scipy(..., slots=...)``). ``..._max_norm``: mscpk with its default max norm
+  (every slot to its own tolerance, stricter than SciPy's control).
 - ``scaling``: wall time and peak memory for 1, 100, 10,000, 100,000 subjects, each N in
   a fresh process (``population.py``) so that its peak memory is its own.
 - ``grad_over_value``: value + gradient over value of the calibration potential (the
@@ -84,11 +87,13 @@ def bench_population(
     python=sys.executable,
     host_devices: int | None = None,
     full: bool = True,
+    norm: str | None = None,
 ) -> dict:
     """One ``population.py`` run in a fresh process (its own peak memory). ``host_devices``:
     CPU cores exposed as that many JAX devices (``simulate_population`` shards each chunk
     over them); ``None``: JAX's default (one CPU device). ``full``: every state slot (the
-    equations SciPy solves), else only those the outputs need."""
+    equations SciPy solves), else only those the outputs need. ``norm``: the solver's error
+    norm (``None``: ``SolverConfig``'s default, the max norm; ``"rms"``: SciPy's)."""
     env = _subprocess_env()
     if host_devices:
         env["XLA_FLAGS"] = (
@@ -101,6 +106,8 @@ def bench_population(
             cmd += ["--chunk", str(min(chunk, n))]
         if full:
             cmd.append("--full")
+        if norm:
+            cmd += ["--norm", norm]
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
         data = json.loads(out.read_text())
     keep = ("subjects", "chunk", "wall_s", "subjects_per_s", "mean_steps", "peak_memory_bytes", "all_solved")
@@ -387,20 +394,35 @@ def main(argv=None):
         for n in sizes
     ]
     at_n = next(r for r in scaling if r["subjects"] == args.subjects)
-    one = section("population_one_device", lambda: bench_population(args.subjects, args.chunk))
-    mscpk_per_subject = at_n["wall_s"] / at_n["subjects"]
-    result["speedup_vs_scipy_lsoda"] = scipy["LSODA"]["s_per_subject"] / mscpk_per_subject
-    result["speedup_vs_scipy_rk45"] = scipy["RK45"]["s_per_subject"] / mscpk_per_subject
-    result["speedup_vs_scipy_lsoda_one_device"] = scipy["LSODA"]["s_per_subject"] / (
-        one["wall_s"] / one["subjects"]
+    # The comparisons use SciPy's error measure (RMS over the integrated slots, same rtol
+    # and atol); the scaling rows and the *_max_norm keys mscpk's default max norm.
+    same = section(
+        "population_rms",
+        lambda: bench_population(args.subjects, args.chunk, host_devices=cores, norm="rms"),
     )
+    one = section("population_one_device", lambda: bench_population(args.subjects, args.chunk, norm="rms"))
     reduced = section(
         "population_reduced",
+        lambda: bench_population(args.subjects, args.chunk, host_devices=cores, full=False, norm="rms"),
+    )
+    reduced_max = section(
+        "population_reduced_max_norm",
         lambda: bench_population(args.subjects, args.chunk, host_devices=cores, full=False),
     )
-    result["speedup_vs_scipy_lsoda_reduced"] = scipy["LSODA_reduced"]["s_per_subject"] / (
-        reduced["wall_s"] / reduced["subjects"]
-    )
+
+    def per_subject(run):
+        return run["wall_s"] / run["subjects"]
+
+    lsoda, lsoda_reduced = scipy["LSODA"]["s_per_subject"], scipy["LSODA_reduced"]["s_per_subject"]
+    mscpk_per_subject = per_subject(same)
+    result["speedup_vs_scipy_lsoda"] = lsoda / mscpk_per_subject
+    result["speedup_vs_scipy_rk45"] = scipy["RK45"]["s_per_subject"] / mscpk_per_subject
+    result["speedup_vs_scipy_lsoda_one_device"] = lsoda / per_subject(one)
+    result["speedup_vs_scipy_lsoda_max_norm"] = lsoda / per_subject(at_n)
+    result["speedup_vs_scipy_lsoda_reduced"] = lsoda_reduced / per_subject(reduced)
+    result["speedup_vs_scipy_lsoda_reduced_max_norm"] = lsoda_reduced / per_subject(reduced_max)
+    result["mscpk_rms"] = same
+    result["mscpk_reduced_max_norm"] = reduced_max
     result["mscpk_reduced"] = reduced
     result["scipy"] = scipy
     result["mscpk_s_per_subject"] = mscpk_per_subject
@@ -454,7 +476,9 @@ def _table(r):
     rows = [
         ("speedup_vs_scipy_lsoda", r.get("speedup_vs_scipy_lsoda"), ">= 100"),
         ("speedup_vs_scipy_rk45", r.get("speedup_vs_scipy_rk45"), ""),
+        ("speedup_vs_scipy_lsoda_max_norm", r.get("speedup_vs_scipy_lsoda_max_norm"), ""),
         ("speedup_vs_scipy_lsoda_reduced", r.get("speedup_vs_scipy_lsoda_reduced"), ""),
+        ("speedup_vs_scipy_lsoda_reduced_max_norm", r.get("speedup_vs_scipy_lsoda_reduced_max_norm"), ""),
         ("grad_over_value (reverse)", grad.get("reverse"), "<= 3"),
         ("grad_over_value (forward)", grad.get("forward"), "<= 3"),
         ("compile_cold_s", r.get("compile_cold_s"), "<= 20"),
@@ -462,10 +486,10 @@ def _table(r):
         ("solver_over_expm", r.get("solver_over_expm"), "<= 3"),
         ("nuts_s_per_ess", r.get("nuts_s_per_ess"), ""),
     ]
-    print(f"\n{'key':32s} {'value':>12s}  target")
+    print(f"\n{'key':40s} {'value':>12s}  target")
     for name, value, target in rows:
         shown = "n/a" if value is None else f"{value:12.3f}"
-        print(f"{name:32s} {shown:>12s}  {target}")
+        print(f"{name:40s} {shown:>12s}  {target}")
     for row in r.get("scaling", []):
         print(
             f"scaling N={row['subjects']:>9,d}  {row['wall_s']:10.2f} s  {row['peak_memory_bytes'] / 2**20:9.0f} MiB"

@@ -132,7 +132,11 @@ def test_forward_mode_equals_reverse_mode():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"adjoint": "backward"}, "SolverConfig.adjoint"), ({"checkpoints": 0}, "SolverConfig.checkpoints")],
+    [
+        ({"adjoint": "backward"}, "SolverConfig.adjoint"),
+        ({"checkpoints": 0}, "SolverConfig.checkpoints"),
+        ({"norm": "l2"}, r"SolverConfig.norm: 'l2'; allowed: max, rms"),
+    ],
 )
 def test_solver_config_rejects_bad_adjoint_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):

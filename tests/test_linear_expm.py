@@ -46,14 +46,15 @@ def test_core_model_is_linear(mouse_model):
     np.testing.assert_allclose(np.asarray(f), np.asarray(a @ y), rtol=1e-12, atol=1e-6)
 
 
-@pytest.mark.parametrize("solver", ["dopri5", "dopri8"])
-def test_other_explicit_solvers_match_matrix_exponential(solver):
-    """``SolverConfig(solver=...)`` really switches the method (step counts differ from
-    Tsit5's) and each reaches the exact solution at a tight tolerance."""
+@pytest.mark.parametrize("setting", [{"solver": "dopri5"}, {"solver": "dopri8"}, {"norm": "rms"}])
+def test_other_solver_settings_match_matrix_exponential(setting):
+    """``SolverConfig(solver=...)`` really switches the method, ``norm="rms"`` the error
+    measure (step counts differ from the default Tsit5 with the max norm), and each
+    reaches the exact solution at a tight tolerance."""
     model = mscpk.build_model("mouse", "bm_msc", mechanisms=mscpk.Mechanisms.none())
     table = REGIMEN.table()
     exact = np.asarray(mscpk.solve_expm(model, table, TIMES, 96.0).ys)
-    config = mscpk.SolverConfig(solver=solver, rtol=TIGHT.rtol, atol=TIGHT.atol, max_steps=TIGHT.max_steps)
+    config = mscpk.SolverConfig(rtol=TIGHT.rtol, atol=TIGHT.atol, max_steps=TIGHT.max_steps, **setting)
     numeric = mscpk.solve(model, table, TIMES, 96.0, config)
     tsit5 = mscpk.solve(model, table, TIMES, 96.0, TIGHT)
     assert bool(numeric.success)

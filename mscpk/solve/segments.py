@@ -42,6 +42,7 @@ from ..model.model import Model
 
 SOLVERS = ("tsit5", "dopri5", "dopri8", "kvaerno5")
 ADJOINTS = ("reverse", "forward")
+NORMS = ("max", "rms")
 
 
 class _ForwardMode(diffrax.AbstractAdjoint):
@@ -89,6 +90,11 @@ class SolverConfig(eqx.Module):
     - ``adjoint``: ``"reverse"`` (the default: ``jax.grad`` through
       ``diffrax.RecursiveCheckpointAdjoint``) or ``"forward"`` (``jax.jvp``/``jax.jacfwd``
       through :data:`ForwardMode`; ``jax.grad`` then fails).
+    - ``norm``: how the per-slot scaled errors are combined into the one number the step
+      controller holds below 1: ``"max"`` (the default: every slot to its own tolerance,
+      :func:`max_norm`) or ``"rms"`` (root mean square over the integrated slots, as
+      SciPy's ``solve_ivp`` and diffrax's default measure it: looser per slot, by up to
+      the square root of their number; fewer steps).
     - ``checkpoints``: checkpoints of the reverse mode (``None``: diffrax's default,
       about ``sqrt(2 max_steps)``); fewer save memory traffic when most solves take far
       fewer steps than ``max_steps``, at the cost of recomputing steps.
@@ -100,6 +106,7 @@ class SolverConfig(eqx.Module):
     max_steps: int = eqx.field(static=True, default=16384)
     adjoint: str = eqx.field(static=True, default="reverse")
     checkpoints: int | None = eqx.field(static=True, default=None)
+    norm: str = eqx.field(static=True, default="max")
 
     def __check_init__(self):
         if self.solver not in SOLVERS:
@@ -112,6 +119,8 @@ class SolverConfig(eqx.Module):
             raise ValueError(f"SolverConfig.max_steps: must be an int >= 1, got {self.max_steps!r}")
         if self.adjoint not in ADJOINTS:
             raise ValueError(f"SolverConfig.adjoint: {self.adjoint!r}; allowed: {', '.join(ADJOINTS)}")
+        if self.norm not in NORMS:
+            raise ValueError(f"SolverConfig.norm: {self.norm!r}; allowed: {', '.join(NORMS)}")
         if self.checkpoints is not None and (
             isinstance(self.checkpoints, bool)
             or not isinstance(self.checkpoints, int)
@@ -127,6 +136,12 @@ class SolverConfig(eqx.Module):
             if self.adjoint == "forward"
             else diffrax.RecursiveCheckpointAdjoint(self.checkpoints)
         )
+
+    def make_controller(self, atol):
+        """diffrax's PID controller at ``rtol`` and ``atol`` (absolute, cells), with this
+        ``norm`` (diffrax's own default is the RMS norm)."""
+        norm = {"norm": max_norm} if self.norm == "max" else {}
+        return diffrax.PIDController(rtol=self.rtol, atol=atol, **norm)
 
     def make_solver(self):
         return {
@@ -358,7 +373,7 @@ def solve(
 
     term = diffrax.ODETerm(field)
     solver = config.make_solver()
-    controller = diffrax.PIDController(rtol=config.rtol, atol=config.atol * dose_scale, norm=max_norm)
+    controller = config.make_controller(config.atol * dose_scale)
     n_seg = bounds.shape[0] - 1
     last = jnp.arange(n_seg) == n_seg - 1
 
