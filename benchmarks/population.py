@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import device_tag, environment, peak_memory_bytes  # noqa: E402
 
 import mscpk  # noqa: E402
-from mscpk.population import chunk_for, simulate_population  # noqa: E402
+from mscpk.population import chunk_for, population_slots, simulate_population  # noqa: E402
 
 
 def scenario(days: float):
@@ -149,8 +149,10 @@ def main(argv=None):
     )
     runs = []
     compiled = set()
+    slots = population_slots(model, regimen, reduced=not args.full)
+    n_slots = model.n_states if slots is None else len(slots)
     for n in args.n:
-        chunk = chunk_for(n, args.chunk)
+        chunk = chunk_for(n, args.chunk, n_slots=n_slots)
         compile_s = None
         if chunk not in compiled:  # warm-up: compiles the chunk function for this size
             t0 = time.perf_counter()

@@ -148,6 +148,10 @@ def subject_keys(key, start: int, stop: int):
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(start, stop, dtype=jnp.uint32))
 
 
+#: :func:`simulate_population`'s default outputs.
+_DEFAULT_OUTPUTS = (("viable_cells", "lung"), ("viable_cells", "whole_body"))
+
+
 def _check_outputs(outputs) -> tuple[tuple[str, str], ...]:
     if isinstance(outputs, tuple) and len(outputs) == 2 and all(isinstance(o, str) for o in outputs):
         outputs = (outputs,)
@@ -256,22 +260,52 @@ def _mesh(devices):
     return None if len(devices) == 1 else Mesh(np.array(devices), ("subjects",))
 
 
-#: Default subjects per device and chunk on CPUs (measured, see :func:`simulate_population`).
+#: Default subjects per device and chunk on CPUs when the number of integrated slots is
+#: not given (the reduced default model's choice; see :func:`chunk_for`).
 CPU_CHUNK_PER_DEVICE = 64
+#: On CPUs the default chunk holds about this many subjects x integrated state slots per
+#: device, so the solver's stage vectors stay in cache (2-core VM, session 22, side by
+#: side: every slot (283) at 16 per device 212-300 subjects/s against 165-233 at 64;
+#: the 60 slots of viable cells best at 64 per device, 1,477-1,502/s against
+#: 1,312-1,365 at 16 and 1,329-1,365 at 32).
+CPU_SLOTS_PER_DEVICE = 4096
 #: Default chunk on accelerators: ~12 GB of a GPU's memory for the default model (48 GB at
 #: 250,000 measured on an H100), throughput there is flat from 100,000.
 ACCELERATOR_CHUNK = 65_536
 
 
-def chunk_for(n: int, chunk_size: int | None = None, devices=None) -> int:
-    """The chunk :func:`simulate_population` uses for ``n`` subjects: ``chunk_size``
-    (default :data:`CPU_CHUNK_PER_DEVICE` per device on CPUs, :data:`ACCELERATOR_CHUNK`
-    otherwise), at most ``n``, rounded up to a multiple of the devices."""
+def chunk_for(n: int, chunk_size: int | None = None, devices=None, n_slots: int | None = None) -> int:
+    """The chunk :func:`simulate_population` uses for ``n`` subjects: ``chunk_size``, at
+    most ``n``, rounded up to a multiple of the devices. Default on CPUs: per device, the
+    power of two nearest :data:`CPU_SLOTS_PER_DEVICE` / ``n_slots`` (the integrated state
+    slots), within 8-256 (64 for the 60 slots of viable cells, 16 for all 283 of the
+    default model; :data:`CPU_CHUNK_PER_DEVICE` if ``n_slots`` is not given); on
+    accelerators :data:`ACCELERATOR_CHUNK`."""
     devices = jax.local_devices() if devices is None else list(devices)
     n_dev = len(devices)
     if chunk_size is None:
-        chunk_size = CPU_CHUNK_PER_DEVICE * n_dev if devices[0].platform == "cpu" else ACCELERATOR_CHUNK
+        if devices[0].platform != "cpu":
+            chunk_size = ACCELERATOR_CHUNK
+        elif n_slots is None:
+            chunk_size = CPU_CHUNK_PER_DEVICE * n_dev
+        else:
+            per_device = 2 ** round(math.log2(CPU_SLOTS_PER_DEVICE / max(int(n_slots), 1)))
+            chunk_size = min(max(per_device, 8), 256) * n_dev
     return -(-int(min(chunk_size, n)) // n_dev) * n_dev
+
+
+def population_slots(model: Model, regimen, outputs=None, reduced: bool = True) -> tuple[int, ...] | None:
+    """The state slots :func:`simulate_population` integrates for these arguments
+    (``outputs`` default: its default outputs); ``None`` when every slot is
+    (``reduced=False``)."""
+    outputs = _check_outputs(_DEFAULT_OUTPUTS if outputs is None else outputs)
+    if not reduced:
+        return None
+    return output_slots(model, regimen.table(), _columns(outputs))
+
+
+def _columns(outputs) -> tuple:
+    return tuple((q, _ASSAY[q].organs.index(o)) for q, o in outputs)
 
 
 def simulate_population(
@@ -283,7 +317,7 @@ def simulate_population(
     key,
     *,
     variability: Variability | None = None,
-    outputs=(("viable_cells", "lung"), ("viable_cells", "whole_body")),
+    outputs=None,
     chunk_size: int | None = None,
     solver: SolverConfig | None = None,
     on_failure: str = "raise",
@@ -296,13 +330,14 @@ def simulate_population(
 
     - ``times_h``: output times (h) in ``[0, t_end_h]``.
     - ``outputs``: (quantity, organ) pairs kept per subject (:data:`mscpk.QUANTITIES`,
-      :data:`mscpk.OUTPUT_ORGANS`).
+      :data:`mscpk.OUTPUT_ORGANS`); default viable cells in lung and whole body.
     - ``chunk_size``: subjects solved per compiled, vmapped call; memory scales with it.
-      Default (``None``): :data:`CPU_CHUNK_PER_DEVICE` per device on CPUs, where small
-      batches stay in cache and a batch runs as long as its slowest subject (measured
-      on 2 cores: 96 subjects/s at 16-64, 67/s at 1,024, 38/s at 4,096), and
-      :data:`ACCELERATOR_CHUNK` on a GPU (throughput flat from 100,000 on an H100; see
-      ``benchmarks/RESULTS.md``).
+      Default (``None``, :func:`chunk_for`): on CPUs about :data:`CPU_SLOTS_PER_DEVICE`
+      subjects x integrated slots per device, where small batches stay in cache and a
+      batch runs as long as its slowest subject (measured on 2 cores with every slot:
+      96 subjects/s at 16-64 per device, 67/s at 1,024, 38/s at 4,096, in session 7;
+      16 per device 1.3x faster than 64 in session 22), and :data:`ACCELERATOR_CHUNK`
+      on a GPU (throughput flat from 100,000 on an H100; see ``benchmarks/RESULTS.md``).
       The last chunk is filled up with further subjects of the same key (solved, then
       dropped), so one compilation serves every chunk.
     - ``on_failure``: ``"raise"`` (:class:`mscpk.SolveError` naming the failed subjects)
@@ -352,14 +387,14 @@ def simulate_population(
     if times.ndim != 1 or times.size == 0 or np.any(times < 0) or np.any(times > t_end_h):
         raise ValueError(f"times_h: expected a non-empty 1-D array of hours in [0, {t_end_h:g}]")
     regimen.check_horizon(float(t_end_h))
-    outputs = _check_outputs(outputs)
-    columns = tuple((q, _ASSAY[q].organs.index(o)) for q, o in outputs)
+    outputs = _check_outputs(_DEFAULT_OUTPUTS if outputs is None else outputs)
+    columns = _columns(outputs)
     solver = SolverConfig() if solver is None else solver
     mesh = _mesh(devices)
     n_dev = 1 if mesh is None else mesh.size
-    chunk = chunk_for(n, chunk_size, devices)
     table = regimen.table()
     slots = output_slots(model, table, columns) if reduced else None
+    chunk = chunk_for(n, chunk_size, devices, model.n_states if slots is None else len(slots))
     t_jax, t_end = jnp.asarray(times), jnp.asarray(float(t_end_h))
     values = np.empty((len(outputs), n, times.size))
     success = np.empty(n, dtype=bool)

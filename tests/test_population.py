@@ -8,7 +8,10 @@ import pytest
 import mscpk
 from mscpk.population import (
     CARDIAC_OUTPUT_EXPONENT,
+    CPU_CHUNK_PER_DEVICE,
     Variability,
+    chunk_for,
+    population_slots,
     simulate_population,
     subject,
     subject_keys,
@@ -267,3 +270,28 @@ def test_reduced_population_matches_the_full_solve(mouse_model, regimen, outputs
         scale = np.max(np.abs(full.values[k]), axis=1, keepdims=True)
         np.testing.assert_allclose(reduced.values[k] / scale, full.values[k] / scale, rtol=0, atol=1e-6)
     assert reduced.success.all() and full.success.all()
+
+
+def test_default_cpu_chunk_follows_the_integrated_slots(mouse_model):
+    """On CPUs the default chunk keeps subjects x integrated slots per device near
+    CPU_SLOTS_PER_DEVICE (a power of two per device, within 8-256); an explicit chunk_size
+    or a small n wins, and simulate_population picks it from the slots it integrates."""
+    cpu = jax.devices("cpu")[:1]
+    assert chunk_for(10**6, devices=cpu, n_slots=283) == 16
+    assert chunk_for(10**6, devices=cpu, n_slots=60) == 64
+    assert chunk_for(10**6, devices=cpu, n_slots=1) == 256
+    assert chunk_for(10**6, devices=cpu, n_slots=10**5) == 8
+    assert chunk_for(10**6, devices=cpu) == CPU_CHUNK_PER_DEVICE
+    assert chunk_for(10, devices=cpu, n_slots=60) == 10
+    assert chunk_for(10**6, 100, devices=cpu, n_slots=60) == 100
+    regimen = mscpk.Regimen.bolus(1e6)
+    slots = population_slots(mouse_model, regimen)
+    assert population_slots(mouse_model, regimen, reduced=False) is None
+    args = (mouse_model, regimen, np.array([0.0, 24.0]), 24.0, 40, jax.random.PRNGKey(0))
+    reduced = simulate_population(*args, devices=cpu)
+    full = simulate_population(*args, devices=cpu, reduced=False)
+    assert reduced.meta["slot_indices"] == slots and reduced.chunk_size == 40
+    assert full.chunk_size == chunk_for(40, devices=cpu, n_slots=mouse_model.n_states) == 16
+    np.testing.assert_allclose(
+        reduced.values[("viable_cells", "lung")], full.values[("viable_cells", "lung")], rtol=1e-6
+    )
