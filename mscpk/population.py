@@ -393,7 +393,7 @@ def simulate_population(
     mesh = _mesh(devices)
     n_dev = 1 if mesh is None else mesh.size
     table = regimen.table()
-    slots = output_slots(model, table, columns) if reduced else None
+    slots = population_slots(model, regimen, outputs, reduced)
     chunk = chunk_for(n, chunk_size, devices, model.n_states if slots is None else len(slots))
     t_jax, t_end = jnp.asarray(times), jnp.asarray(float(t_end_h))
     values = np.empty((len(outputs), n, times.size))
