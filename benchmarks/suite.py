@@ -118,7 +118,7 @@ def bench_scipy(n_sub: int, methods=("LSODA", "RK45", "LSODA_reduced")) -> dict:
     """Per-subject SciPy time on subjects 0..n_sub-1 of the population benchmark's key,
     and their agreement with mscpk (viable cells in lung and whole body, daily).
     ``<method>_reduced``: SciPy integrates only the slots ``simulate_population``'s default
-    integrates (``meta["slots"]``), the same subsystem."""
+    integrates (``meta["slot_indices"]``), the same subsystem."""
     from scipy_reference import solve_scipy
 
     model, regimen, times, t_end = _setting()
