@@ -281,6 +281,12 @@ def chunk_for(n: int, chunk_size: int | None = None, devices=None, n_slots: int 
     slots), within 8-256 (64 for the 60 slots of viable cells, 16 for all 283 of the
     default model; :data:`CPU_CHUNK_PER_DEVICE` if ``n_slots`` is not given); on
     accelerators :data:`ACCELERATOR_CHUNK`."""
+    if n_slots is not None and (
+        isinstance(n_slots, bool) or not isinstance(n_slots, int | np.integer) or n_slots < 1
+    ):
+        raise ValueError(
+            f"n_slots: expected None or an integer >= 1 (integrated state slots), got {n_slots!r}"
+        )
     devices = jax.local_devices() if devices is None else list(devices)
     n_dev = len(devices)
     if chunk_size is None:
@@ -289,7 +295,7 @@ def chunk_for(n: int, chunk_size: int | None = None, devices=None, n_slots: int 
         elif n_slots is None:
             chunk_size = CPU_CHUNK_PER_DEVICE * n_dev
         else:
-            per_device = 2 ** round(math.log2(CPU_SLOTS_PER_DEVICE / max(int(n_slots), 1)))
+            per_device = 2 ** round(math.log2(CPU_SLOTS_PER_DEVICE / int(n_slots)))
             chunk_size = min(max(per_device, 8), 256) * n_dev
     return -(-int(min(chunk_size, n)) // n_dev) * n_dev
 

@@ -284,6 +284,9 @@ def test_default_cpu_chunk_follows_the_integrated_slots(mouse_model):
     assert chunk_for(10**6, devices=cpu) == CPU_CHUNK_PER_DEVICE
     assert chunk_for(10, devices=cpu, n_slots=60) == 10
     assert chunk_for(10**6, 100, devices=cpu, n_slots=60) == 100
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="n_slots: expected None or an integer >= 1"):
+            chunk_for(10, devices=cpu, n_slots=bad)
     regimen = mscpk.Regimen.bolus(1e6)
     slots = population_slots(mouse_model, regimen)
     assert population_slots(mouse_model, regimen, reduced=False) is None
