@@ -26,8 +26,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist worksteal --durations=12
 
+# Also the long tests (MSCPK_LONG_TESTS=1: about 15 min more on 2 cores).
 test-all: $(STAMP)
-	$(PY) -m pytest -q -n auto --dist worksteal -m "slow or not slow"
+	MSCPK_LONG_TESTS=1 $(PY) -m pytest -q -n auto --dist worksteal -m "slow or not slow"
 
 # Benchmark suite (not part of `make test`; ~45 min on 2 cores): SciPy comparison, scaling,
 # gradient, compile, expm and, under BENCH_OTHER_PY (default: a second venv with the newest

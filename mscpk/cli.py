@@ -390,7 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     divs.add_argument("directory", help="the run's --state-dir")
     divs.add_argument(
-        "--max", type=_positive_int("--max"), default=None, help="replay at most this many (default: all)"
+        "--max",
+        type=_positive_int("--max", low=0),
+        default=None,
+        help="replay at most this many (default: all; 0: only count them)",
     )
     divs.add_argument(
         "--top",
@@ -401,14 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(name):
+def _positive_int(name, low=1):
     def parse(text):
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name}: expected an integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name}: expected an integer >= 1, got {value}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{name}: expected an integer >= {low}, got {value}")
         return value
 
     return parse

@@ -256,9 +256,15 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     assert re.search(r"posterior predictive \(10 draws\): \d+% of 2 rows", text)
     assert main(["posterior", "progress", str(tmp_path / "nothing")]) == 2
     assert "directory: no directory" in capsys.readouterr().err
-    # Its divergent transitions replayed (the test of the replay itself is on the reduced run).
-    assert main(["posterior", "divergences", str(tmp_path / "state"), "--max", "1"]) == 0
-    assert re.search(r"state: \d+ divergent transitions in the draws phase", capsys.readouterr().out)
+    # Its divergent transitions counted; replaying one (~50 s to compile on this problem) is
+    # test_cli_replays_a_divergent_transition's (a long test), and the replay itself is
+    # tested on the reduced run (test_replay_reproduces_saved_transitions).
+    assert main(["posterior", "divergences", str(tmp_path / "state"), "--max", "0"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"state: \d+ divergent transitions in the draws phase\n$", text), text
+    with pytest.raises(SystemExit):
+        main(["posterior", "divergences", str(tmp_path / "state"), "--max", "-1"])
+    assert "--max: expected an integer >= 0, got -1" in capsys.readouterr().err
     assert main(["posterior", "divergences", str(tmp_path / "nothing")]) == 2
     assert "directory: no directory" in capsys.readouterr().err
     assert main(["fit", "--out", str(out), "--study", "nobody2020"]) == 2
@@ -290,6 +296,32 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     assert main([*argv, "--study", "toma2009", "--no-hierarchy"]) == 2
     assert "holds no saved NUTS state" in capsys.readouterr().err
     assert main(["posterior", "summary", "--file", str(tmp_path / "missing.nc")]) == 2
+
+
+@pytest.mark.skipif(not os.environ.get("MSCPK_LONG_TESTS"), reason="about 2 min: set MSCPK_LONG_TESTS=1")
+def test_cli_replays_a_divergent_transition(tmp_path, capsys):
+    """``mscpk posterior divergences`` on a saved run with divergent transitions: each
+    replayed one reports its leapfrog steps, whether the replay reproduced it, where and
+    why it diverged, the log-density terms that changed most and the parameters that moved."""
+    from mscpk.cli import main
+
+    state = tmp_path / "state"
+    argv = ["fit", "--out", str(tmp_path / "toma.nc"), "--study", "toma2009", "--no-hierarchy"]
+    argv += ["--chains", "1", "--warmup", "20", "--draws", "20", "--map-restarts", "2", "--map-steps", "5"]
+    # The settings of test_cli_fit_one_study_and_posterior_summary, whose run has some.
+    assert main([*argv, "--ppc-draws", "10", "--state-dir", str(state), "--chunk", "20"]) == 0
+    capsys.readouterr()
+    assert main(["posterior", "divergences", str(state), "--max", "1"]) == 0
+    text = capsys.readouterr().out
+    n = int(re.search(r"state: (\d+) divergent transitions in the draws phase", text).group(1))
+    if n == 0:
+        pytest.skip("this short run had no divergent transition to replay")
+    assert re.search(
+        r"chain 0, iteration \d+: \d+ leapfrog steps, replay reproduced the saved transition", text
+    )
+    assert "diverged at step" in text, text
+    assert "log-density terms that changed most from the start:" in text
+    assert "parameters that moved most" in text
 
 
 def _check_shipped_files(directory, n_draws=None):
