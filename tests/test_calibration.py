@@ -313,9 +313,8 @@ def test_cli_replays_a_divergent_transition(tmp_path, capsys):
     capsys.readouterr()
     assert main(["posterior", "divergences", str(state), "--max", "1"]) == 0
     text = capsys.readouterr().out
-    n = int(re.search(r"state: (\d+) divergent transitions in the draws phase", text).group(1))
-    if n == 0:
-        pytest.skip("this short run had no divergent transition to replay")
+    # The run is seeded: its 20 draws hold at least one divergent transition (measured).
+    assert int(re.search(r"state: (\d+) divergent transitions in the draws phase", text).group(1)) >= 1
     assert re.search(
         r"chain 0, iteration \d+: \d+ leapfrog steps, replay reproduced the saved transition", text
     )
