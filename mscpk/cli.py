@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", required=True, help="path of the tidy CSV to write")
     sim.add_argument(
         "--posterior",
-        type=_positive_int("--posterior"),
+        type=_int_at_least("--posterior"),
         nargs="?",
         const=0,
         default=None,
@@ -269,23 +269,23 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     fit.add_argument("--out", required=True, help="path of the InferenceData netCDF file to write")
-    fit.add_argument("--chains", type=_positive_int("--chains"), default=4, help="NUTS chains (default: 4)")
+    fit.add_argument("--chains", type=_int_at_least("--chains"), default=4, help="NUTS chains (default: 4)")
     fit.add_argument(
-        "--warmup", type=_positive_int("--warmup"), default=500, help="warm-up steps (default: 500)"
+        "--warmup", type=_int_at_least("--warmup"), default=500, help="warm-up steps (default: 500)"
     )
     fit.add_argument(
-        "--draws", type=_positive_int("--draws"), default=1000, help="draws per chain (default: 1000)"
+        "--draws", type=_int_at_least("--draws"), default=1000, help="draws per chain (default: 1000)"
     )
     fit.add_argument(
-        "--map-restarts", type=_positive_int("--map-restarts"), default=4, help="MAP starts (default: 4)"
+        "--map-restarts", type=_int_at_least("--map-restarts"), default=4, help="MAP starts (default: 4)"
     )
     fit.add_argument(
-        "--map-steps", type=_positive_int("--map-steps"), default=200, help="Adam steps per start"
+        "--map-steps", type=_int_at_least("--map-steps"), default=200, help="Adam steps per start"
     )
     fit.add_argument("--study", action="append", default=None, help="only this study (repeatable)")
     fit.add_argument("--no-hierarchy", action="store_true", help="no study-level effects")
     fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    fit.add_argument("--max-tree-depth", type=_positive_int("--max-tree-depth"), default=8)
+    fit.add_argument("--max-tree-depth", type=_int_at_least("--max-tree-depth"), default=8)
     fit.add_argument(
         "--target-accept",
         type=float,
@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--chunk",
-        type=_positive_int("--chunk"),
+        type=_int_at_least("--chunk"),
         default=25,
         help="with --state-dir: iterations (warm-up or draws) per saved piece (default: 25)",
     )
@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--ppc-draws",
-        type=_positive_int("--ppc-draws"),
+        type=_int_at_least("--ppc-draws"),
         default=200,
         help="posterior draws for the predictive checks written to <out>.ppc/ (default: 200)",
     )
@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     prog.add_argument("directory", help="the run's --state-dir")
     prog.add_argument(
         "--ppc",
-        type=_positive_int("--ppc"),
+        type=_int_at_least("--ppc"),
         default=None,
         help="also the 90%% posterior predictive coverage of this many draws (thinned at random)",
     )
@@ -391,20 +391,20 @@ def build_parser() -> argparse.ArgumentParser:
     divs.add_argument("directory", help="the run's --state-dir")
     divs.add_argument(
         "--max",
-        type=_positive_int("--max", low=0),
+        type=_int_at_least("--max", low=0),
         default=None,
         help="replay at most this many (default: all; 0: only count them)",
     )
     divs.add_argument(
         "--top",
-        type=_positive_int("--top"),
+        type=_int_at_least("--top"),
         default=5,
         help="terms and parameters shown per transition (default: 5)",
     )
     return parser
 
 
-def _positive_int(name, low=1):
+def _int_at_least(name, low=1):
     def parse(text):
         try:
             value = int(text)
