@@ -58,9 +58,10 @@ calibrate: $(STAMP)
 
 # Virtual-population benchmark on the first accelerator (1e6 subjects x 30 days); writes
 # benchmarks/results/gpu-<device>.json. The pinned .venv has the CPU build of jax: point
-# BENCH_PY at a Python whose jax sees the GPU (e.g. make bench-gpu BENCH_PY=python3).
+# BENCH_PY at a Python whose jax sees the GPU (e.g. make bench-gpu BENCH_PY=python3);
+# .venv is then not created (a GPU machine may have no package index to install from).
 BENCH_PY ?= $(PY)
-bench-gpu: $(STAMP)
+bench-gpu: $(if $(filter $(PY),$(BENCH_PY)),$(STAMP))
 	PYTHONPATH=$(CURDIR) $(BENCH_PY) benchmarks/population.py --n 1 1000 100000 1000000 --chunk 500000
 
 lint: $(STAMP)
