@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import diffrax
@@ -44,7 +43,7 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import device_tag, environment  # noqa: E402
+from _common import device_tag, environment, timed  # noqa: E402
 
 from mscpk.api import build_model  # noqa: E402
 from mscpk.dosing.regimen import Regimen  # noqa: E402
@@ -58,13 +57,8 @@ _C = np.asarray(_TABLEAU.c)
 
 
 def median_s(f, *args, repeat: int) -> float:
-    jax.block_until_ready(f(*args))
-    runs = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        runs.append(time.perf_counter() - t0)
-    return float(np.median(runs))
+    """Median of ``repeat`` calls after a compiling one (:func:`_common.timed`)."""
+    return timed(f, *args, repeat=repeat)[1]
 
 
 def rhs(p, t, y, model, a0, live):
