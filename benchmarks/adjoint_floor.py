@@ -17,6 +17,11 @@ Setting: mouse, BM-MSC, 1e6 cells IV, 30 days, the evidence likelihood's toleran
 - ``hand-written discrete adjoint``: the same scan under ``jax.custom_vjp``, whose
   backward pass walks the stored states in reverse and pulls the cotangent through
   ``jax.vjp`` of one step at a time (the adjoint a hand-written solver would use).
+- ``same, stage-wise pullback``: that walk with each step's pullback taken stage by
+  stage (:func:`stagewise_pullback`).
+- the forward solve alone, keeping the state after every accepted step
+  (``SaveAt(steps=True)``, buffers of 1,024 and 4,096 rows), against outputs only: what
+  a discrete adjoint pays in its forward pass.
 - per right-hand-side evaluation, inside a ``lax.scan`` of many: the value, its VJP with
   respect to the state, and with respect to the state and the precomputed transport
   arrays (which is what a parameter gradient needs).
