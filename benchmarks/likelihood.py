@@ -1,8 +1,18 @@
-"""Time per evaluation of the whole evidence likelihood (value, value + gradient).
+"""Time per evaluation of the whole evidence likelihood (value, value + gradient), and
+what solving each scenario only for the slots its rows need saves (``reduced``).
 
 Run: ``python benchmarks/likelihood.py [--repeat 5]``. Prints a table and writes
 ``benchmarks/results/likelihood-<device>.json`` with machine, versions and device.
-Timings are medians over repeats after one compile; compile times are reported apart.
+
+- ``value_s`` ... ``compile_*``: the likelihood as it ships
+  (``EvidenceLikelihood()``, reduced), at the default parameters; medians over repeats
+  after one compile, compile times apart.
+- ``reduced_vs_full``: the calibration potential (``CalibrationProblem``, as NUTS and MAP
+  evaluate it) with ``EvidenceLikelihood(reduced=True)`` and ``reduced=False``, timed
+  side by side in one process, alternating, at the prior median and at three draws of
+  NumPyro's ``init_to_uniform(radius=1)`` (where fast rates make some scenarios stiff);
+  the potential and gradient differences between the two; the solver steps summed over
+  the scenarios at the defaults.
 """
 
 from __future__ import annotations
@@ -10,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -17,11 +28,94 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 sys.path.insert(0, str(Path(__file__).parent))
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 from _common import environment, timed  # noqa: E402
 
 import mscpk  # noqa: E402
 from mscpk.evidence.likelihood import EvidenceLikelihood  # noqa: E402
 from mscpk.observation.parameters import ObservationParameters  # noqa: E402
+
+
+def total_steps(lik: EvidenceLikelihood) -> int:
+    """Accepted solver steps over all scenarios at the default parameters."""
+    from mscpk.solve.segments import solve
+
+    b = lik.batch
+    models = b.with_parameters(mscpk.KineticParameters.default(), ObservationParameters.default())
+    masks = b.integrate if b.integrate is not None else jnp.ones((b.n, models.n_states), bool)
+
+    @jax.jit
+    def steps(models, tables, times, t_end, masks):
+        return jax.lax.map(
+            lambda a: solve(*a[:4], lik.solver, mask=a[4]).n_steps, (models, tables, times, t_end, masks)
+        )
+
+    return int(jnp.sum(steps(models, b.tables, b.times_h, b.t_end_h, masks)))
+
+
+def reduced_vs_full(repeat: int) -> dict:
+    from numpyro.infer import init_to_median, init_to_uniform
+    from numpyro.infer.util import initialize_model
+
+    from mscpk.calibration.problem import CalibrationProblem
+
+    fns, points, steps = {}, None, {}
+    for name in ("reduced", "full"):
+        lik = EvidenceLikelihood(reduced=name == "reduced")
+        steps[name] = total_steps(lik)
+        model = CalibrationProblem(lik).model
+
+        def init(key, strategy, model=model):
+            return initialize_model(key, model, init_strategy=strategy, validate_grad=False)
+
+        if points is None:
+            points = [init(jax.random.PRNGKey(0), init_to_median).param_info.z] + [
+                init(jax.random.PRNGKey(k), init_to_uniform(radius=1.0)).param_info.z for k in (1, 2, 3)
+            ]
+        potential = init(jax.random.PRNGKey(0), init_to_median).potential_fn
+        fns[name] = (jax.jit(potential), jax.jit(jax.value_and_grad(potential)))
+
+    def flat(g):
+        return np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g)])
+
+    per_point = []
+    for z in points:
+        (u_r, g_r), (u_f, g_f) = (fns[n][1](z) for n in ("reduced", "full"))
+        per_point.append(
+            {
+                "potential_full": float(u_f),
+                "potential_difference": float(u_r - u_f),
+                "gradient_rel_difference": float(
+                    np.linalg.norm(flat(g_r) - flat(g_f)) / np.linalg.norm(flat(g_f))
+                ),
+            }
+        )
+    times = {(n, kind, i): [] for n in fns for kind in (0, 1) for i in range(len(points))}
+    for _ in range(repeat):  # alternating, so both see the same machine state
+        for i, z in enumerate(points):
+            for n, pair in fns.items():
+                for kind in (0, 1):
+                    start = time.perf_counter()
+                    jax.block_until_ready(pair[kind](z))
+                    times[(n, kind, i)].append(time.perf_counter() - start)
+    result = {
+        "points": ["prior median", "uniform(1) #1", "uniform(1) #2", "uniform(1) #3"],
+        "per_point": per_point,
+    }
+    for n in fns:
+        result[n] = {
+            "value_s": [float(np.median(times[(n, 0, i)])) for i in range(len(points))],
+            "value_and_grad_s": [float(np.median(times[(n, 1, i)])) for i in range(len(points))],
+            "steps_at_defaults": steps[n],
+        }
+        result[n]["value_s_total"] = sum(result[n]["value_s"])
+        result[n]["value_and_grad_s_total"] = sum(result[n]["value_and_grad_s"])
+    result["full_over_reduced"] = {
+        key: result["full"][key] / result["reduced"][key]
+        for key in ("value_s_total", "value_and_grad_s_total", "steps_at_defaults")
+    }
+    return result
 
 
 def main(argv=None):
@@ -45,16 +139,20 @@ def main(argv=None):
         "grad_over_value": t_g / t_v,
         "compile_and_first_value_s": first_v,
         "compile_and_first_value_and_grad_s": first_g,
-        **environment(),
     }
-    for key in (
-        "value_s",
-        "value_and_grad_s",
-        "grad_over_value",
-        "compile_and_first_value_s",
-        "compile_and_first_value_and_grad_s",
-    ):
+    for key in list(result)[3:]:
         print(f"{key:40s} {result[key]:.3f}")
+    result["reduced_vs_full"] = comparison = reduced_vs_full(args.repeat)
+    result.update(environment())
+    print("calibration potential, reduced vs full (s; prior median, 3 uniform(1) draws):")
+    for n in ("reduced", "full"):
+        r = comparison[n]
+        print(
+            f"  {n:8s} value {r['value_s_total']:.4f}  value+grad {r['value_and_grad_s_total']:.4f}  "
+            f"steps at defaults {r['steps_at_defaults']}   per point v+g {[round(x, 4) for x in r['value_and_grad_s']]}"
+        )
+    print("  full / reduced:", {k: round(v, 2) for k, v in comparison["full_over_reduced"].items()})
+    print("  differences:", comparison["per_point"])
     out = Path(__file__).parent / "results" / f"likelihood-{device.platform}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

@@ -255,6 +255,46 @@ def test_likelihood_finite_at_100_prior_draws(value_and_grad):
     assert not bad, f"non-finite log-likelihood or gradient at prior draws {bad}"
 
 
+def test_reduced_likelihood_solves_what_its_rows_read_and_matches_the_full_solve(lik, table):
+    """Each scenario integrates only the slots its rows' kinds depend on: the same
+    predictions as solving every slot (to the solver's tolerance), at the defaults and at
+    prior draws; the kinds no row reads come out NaN, never zeros."""
+    from mscpk.evidence.likelihood import KINDS, _solve_batch
+
+    b, r = lik.batch, lik.rows
+    integrate, kinds = np.asarray(b.integrate), np.asarray(b.kinds)
+    n = b.models.n_states
+    assert integrate.shape == (b.n, n) and kinds.shape == (b.n, len(KINDS))
+    assert integrate.any(1).all() and (integrate.sum(1) < n).all()
+    assert kinds[np.asarray(r.scenario), np.asarray(r.kind)].all()
+    assert kinds[np.asarray(r.comparator), np.asarray(r.kind)].all()
+    label = KINDS.index("label")
+    # a viable-cell scenario leaves out the label pools that a label scenario integrates
+    assert integrate[kinds[:, label]].sum(1).min() > integrate[~kinds[:, label]].sum(1).max()
+
+    full = EvidenceLikelihood(reduced=False)
+    assert full.batch.integrate is None and full.batch.kinds is None
+    k0, o0 = mscpk.KineticParameters.default(), ObservationParameters.default()
+    for k, o in [(k0, o0), *priors.sample(jax.random.PRNGKey(2), 2)]:
+        a, f = lik.terms(k, o), full.terms(k, o)
+        assert bool(a.success) and bool(f.success)
+        # Predictions far below the solver's absolute tolerance (Braid 2018's IM cells at
+        # 5 months, ~1e-40 cells) are noise in both; their statement's term is the lapse's
+        # (its split between the statement's rows follows the noise, the sum does not).
+        resolved = np.asarray(f.predicted) > 1e-20
+        np.testing.assert_allclose(
+            np.asarray(a.predicted)[resolved], np.asarray(f.predicted)[resolved], rtol=1e-4
+        )
+        group = np.asarray(r.lapse_group)
+        per_statement = [np.bincount(group, np.asarray(x.log_lik), minlength=len(group)) for x in (a, f)]
+        np.testing.assert_allclose(*per_statement, rtol=0, atol=1e-4)
+
+    signals = np.asarray(eqx.filter_jit(_solve_batch)(b, b.with_parameters(k0, o0), lik.solver, "map")[0])
+    assert np.isnan(signals[~kinds]).all() and np.isfinite(signals[kinds]).all()
+    with pytest.raises(TypeError, match="reduced: expected a bool"):
+        EvidenceLikelihood(table, reduced="yes")
+
+
 def test_failed_solve_gives_minus_infinity(table):
     """A solve that fails (here: too few steps) never yields a finite log-likelihood."""
     small = EvidenceLikelihood(table[table.study_id == "lee2009"], solver=mscpk.SolverConfig(max_steps=2))

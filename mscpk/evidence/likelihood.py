@@ -46,10 +46,11 @@ from jax.scipy.special import log_ndtr
 from jaxtyping import Array, Bool, Float, Int
 
 from ..mechanisms.switches import Mechanisms
+from ..model.model import Model
 from ..model.parameters import KineticParameters
 from ..observation.assays import OUTPUT_ORGANS, DonorDNA, Radiolabel, ViableCells
 from ..observation.parameters import ASSAY_FAMILIES, ISOTOPE_HALF_LIFE_H, ObservationParameters
-from ..solve.segments import SolverConfig, solve
+from ..solve.segments import SolverConfig, closure, dependence, solve
 from . import schema
 from .scenarios import Scenario, ScenarioBatch, StudyEffects, build_batch, scenarios_of
 
@@ -161,6 +162,9 @@ class EvidenceLikelihood:
     - ``table``: an evidence DataFrame (validated here); ``None`` loads the library.
     - ``solver``: :class:`~mscpk.SolverConfig` of the batched solve.
     - ``n_size_classes``, ``mechanisms``: model structure (as in :func:`mscpk.simulate`).
+    - ``reduced``: solve each scenario only for the state slots its rows need
+      (:func:`needed_slots`; the default). The predictions are those of the full solve
+      up to the solver's tolerance, with fewer steps; ``False`` solves every slot.
 
     ``lik(kinetic, observation)`` is the summed log-likelihood (one jitted call);
     :meth:`terms` gives per-row predictions and terms; :attr:`table` the rows used.
@@ -172,8 +176,12 @@ class EvidenceLikelihood:
         solver: SolverConfig | None = None,
         n_size_classes: int = 5,
         mechanisms: Mechanisms | None = None,
+        reduced: bool = True,
     ):
         from . import load
+
+        if not isinstance(reduced, bool):
+            raise TypeError(f"reduced: expected a bool, got {type(reduced).__name__} {reduced!r}")
 
         table = load() if table is None else schema.validate(table)
         if len(table) == 0:
@@ -199,6 +207,15 @@ class EvidenceLikelihood:
             self.scenarios, times, n_size_classes, mechanisms, self.study_ids
         )
         self.rows: RowArrays = self._row_arrays(of_row, times)
+        if reduced:
+            # Each scenario integrates only the slots its rows' kinds depend on, found
+            # for parameters with no zero entry, so the set holds for every value the
+            # parameters take. What it saves is steps: pools no row reads (the label's
+            # in a viable-cell study, with their 0.3/h turnover) no longer bound them.
+            generic = self.batch.with_parameters(
+                _generic(KineticParameters.default()), _generic(ObservationParameters.default())
+            )
+            self.batch = needed_slots(self.batch, self.rows, generic)
         self._terms = eqx.filter_jit(_terms)
 
     # ------------------------------------------------------------------ building
@@ -413,22 +430,66 @@ def _extra_sd(row) -> float:
 
 
 # ---------------------------------------------------------------------- traced part
-def _scenario_signals(model, table, times, t_end, solver):
-    """One scenario: assay signals (kinds, T, K), first-pass arrest (O,), success."""
-    sol = solve(model, table, times, t_end, solver)
-    obs = model.observe(sol.ys, sol.blood_input)
+def _kind_signals(obs):
+    """The signal of every assay kind (:data:`KINDS`), ``(kinds, T, K)``."""
     amounts = ViableCells()(obs)
-    dna = DonorDNA()(obs)
-    label = Radiolabel()(obs)
-    k = amounts.shape[-1]
-    tat = jnp.broadcast_to(obs.tat[:, None], (times.shape[0], k))
-    il10 = jnp.broadcast_to(obs.il10[:, None] * 1e-3, (times.shape[0], k))  # pg/mL -> ng/mL
+    shape = amounts.shape
+    tat = jnp.broadcast_to(obs.tat[:, None], shape)
+    il10 = jnp.broadcast_to(obs.il10[:, None] * 1e-3, shape)  # pg/mL -> ng/mL
+    return jnp.stack([amounts, DonorDNA()(obs), Radiolabel()(obs), tat, il10])
+
+
+class _AllKinds(eqx.Module):
+    """Every kind's signals for one state (the observer :func:`dependence` reads)."""
+
+    def __call__(self, model, y):
+        return _kind_signals(model.observe(y[None], jnp.zeros((1, model.n_size_classes))))
+
+
+def _generic(tree):
+    """``tree`` with every zero floating-point entry replaced by a positive value: a
+    parameter set whose dependence pattern holds every other value's."""
+    return jax.tree_util.tree_map(
+        lambda x: jnp.where(x == 0, 0.37, x) if eqx.is_inexact_array(x) else x, tree
+    )
+
+
+def needed_slots(batch: ScenarioBatch, rows: RowArrays, models: Model) -> ScenarioBatch:
+    """``batch`` with, per scenario, the assay kinds its rows read (as their own scenario
+    or as comparator) and the state slots those kinds depend on (as :func:`~mscpk.solve.segments.relevant_slots`
+    finds them, with the dependence read from ``models``), as :attr:`ScenarioBatch.kinds` and
+    :attr:`ScenarioBatch.integrate`."""
+    kinds = np.zeros((batch.n, len(KINDS)), bool)
+    for col in (rows.scenario, rows.comparator):
+        kinds[np.asarray(col), np.asarray(rows.kind)] = True
+    integrate = np.zeros((batch.n, models.n_states), bool)
+    for s in range(batch.n):
+        if kinds[s].any():
+            model, table = jax.tree_util.tree_map(lambda x, s=s: x[s], (models, batch.tables))
+            rhs, outputs, live = dependence(model, table, _AllKinds())
+            per_kind = outputs.reshape(len(KINDS), -1, models.n_states).any(1)
+            integrate[s, list(closure(rhs, per_kind[kinds[s]].any(0), live))] = True
+    return eqx.tree_at(
+        lambda b: (b.kinds, b.integrate),
+        batch,
+        (jnp.asarray(kinds), jnp.asarray(integrate)),
+        is_leaf=lambda x: x is None,
+    )
+
+
+def _scenario_signals(model, table, times, t_end, solver, integrate=None, kinds=None):
+    """One scenario: assay signals (kinds, T, K), first-pass arrest (O,), success. With
+    ``integrate`` only those slots are solved, and the kinds not in ``kinds`` are NaN."""
+    sol = solve(model, table, times, t_end, solver, mask=integrate)
+    signals = _kind_signals(model.observe(sol.ys, sol.blood_input))
+    if kinds is not None:
+        signals = jnp.where(kinds[:, None, None], signals, jnp.nan)
     _, weights = model.size_classes()
     first_pass = weights @ model.extraction()
     volume = jnp.concatenate(
         [model.blood_volume_ml()[None], model.species.organ_volume_ml, model.species.body_weight_g[None]]
     )
-    return jnp.stack([amounts, dna, label, tat, il10]), first_pass, volume, sol.success
+    return signals, first_pass, volume, sol.success
 
 
 def _div(a, b):
@@ -467,13 +528,10 @@ def _log_diff_ndtr(zh, zl):
 
 
 def _solve_batch(batch: ScenarioBatch, models, solver, batching: str):
+    per_scenario = (models, batch.tables, batch.times_h, batch.t_end_h, batch.integrate, batch.kinds)
     if batching == "vmap":
-        return jax.vmap(_scenario_signals, in_axes=(0, 0, 0, 0, None))(
-            models, batch.tables, batch.times_h, batch.t_end_h, solver
-        )
-    return jax.lax.map(
-        lambda a: _scenario_signals(*a, solver), (models, batch.tables, batch.times_h, batch.t_end_h)
-    )
+        return jax.vmap(lambda *a: _scenario_signals(*a[:4], solver, *a[4:]))(*per_scenario)
+    return jax.lax.map(lambda a: _scenario_signals(*a[:4], solver, *a[4:]), per_scenario)
 
 
 def _lapse(log_p, r: RowArrays):

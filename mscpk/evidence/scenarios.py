@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from ..dosing.regimen import Dose, DoseTable, Regimen
 from ..host.host import Host
@@ -215,6 +215,11 @@ class ScenarioBatch(eqx.Module):
     host_code: Int[Array, " S"]
     isotope: Int[Array, " S"]
     study: Int[Array, " S"]
+    #: Per scenario, the state slots to integrate (``None``: all); see
+    #: :func:`mscpk.evidence.likelihood.needed_slots`.
+    integrate: Bool[Array, "S n"] | None = None
+    #: Per scenario, the assay kinds its rows read; the others' signals are NaN.
+    kinds: Bool[Array, "S K"] | None = None
 
     @property
     def n(self) -> int:

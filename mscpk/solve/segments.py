@@ -228,9 +228,28 @@ def _dependence(model: Model, table: DoseTable, observe, points):
     dosed = jnp.any((table.cells[:, None] > 0.0) & (per_cell != 0.0), axis=0)
     return (
         jnp.any((rhs != 0) | jnp.isnan(rhs), 0),
-        jnp.any((obs != 0) | jnp.isnan(obs), (0, 1)),
+        jnp.any((obs != 0) | jnp.isnan(obs), 0),
         reachable(model, tr, dosed),
     )
+
+
+def dependence(model: Model, table: DoseTable, observe):
+    """The patterns :func:`relevant_slots` works from, as NumPy booleans: ``(n, n)`` of
+    the right-hand side (row ``i``: the slots ``dy_i/dt`` depends on), ``(m, n)`` of the
+    ``m`` outputs of ``observe`` (flattened), and ``(n,)`` the slots the doses reach."""
+    n = model.n_states
+    return tuple(map(np.asarray, _dependence(model, table, observe, jnp.asarray(_generic_points(n, 3)))))
+
+
+def closure(rhs, needed, live) -> tuple[int, ...]:
+    """The reachable slots that the slots ``needed`` depend on, directly or through the
+    right-hand side pattern ``rhs`` (see :func:`dependence`)."""
+    while True:
+        grown = needed | rhs[needed].any(0)
+        if (grown == needed).all():
+            break
+        needed = grown
+    return tuple(int(i) for i in np.flatnonzero(needed & live))
 
 
 def relevant_slots(model: Model, table: DoseTable, observe) -> tuple[int, ...]:
@@ -248,16 +267,8 @@ def relevant_slots(model: Model, table: DoseTable, observe) -> tuple[int, ...]:
     (switched-on mechanisms, non-zero parameters), not on parameter values, so one set
     serves subjects that differ only in values. Needs concrete (untraced) arguments.
     """
-    n = model.n_states
-    rhs, needed, live = map(
-        np.asarray, _dependence(model, table, observe, jnp.asarray(_generic_points(n, 3)))
-    )
-    while True:
-        grown = needed | rhs[needed].any(0)
-        if (grown == needed).all():
-            break
-        needed = grown
-    return tuple(int(i) for i in np.flatnonzero(needed & live))
+    rhs, outputs, live = dependence(model, table, observe)
+    return closure(rhs, outputs.any(0), live)
 
 
 class _Subset(eqx.Module):
@@ -333,6 +344,7 @@ def solve(
     t_end_h,
     config: SolverConfig | None = None,
     slots=None,
+    mask=None,
 ) -> Solution:
     """Integrate ``model`` over the regimen ``table`` and return states at ``times_h``.
 
@@ -345,8 +357,21 @@ def solve(
     mean nothing. The error control sees only the integrated slots. On an accelerator,
     where a batch of solves is bound by memory traffic over the state, this cuts the
     cost in proportion.
+
+    ``mask`` (``(n,)`` booleans, may be traced; default all): integrate only the slots
+    where it is true; the right-hand side of the others is zero, so they keep the values
+    the doses give them and their columns of ``ys`` mean nothing. Unlike ``slots`` the
+    state keeps its size, so solves with different masks share one compiled body (the
+    scenarios of :class:`~mscpk.evidence.likelihood.EvidenceLikelihood`, each with the
+    slots its rows need); what a mask saves is steps, where a left-out pool's fast
+    turnover would bound the step size. Exact when every slot an output depends on is in
+    the mask (:func:`relevant_slots`).
     """
     config = SolverConfig() if config is None else config
+    if mask is not None and jnp.shape(mask) != (model.n_states,):
+        raise ValueError(
+            f"mask: expected shape ({model.n_states},) (one entry per state slot), got {jnp.shape(mask)}"
+        )
     subset = _Subset.of(check_slots(slots, model.n_states) or range(model.n_states), model.n_states)
     times_h = jnp.asarray(times_h, dtype=float)
     t_end_h = jnp.asarray(t_end_h, dtype=float)
@@ -361,6 +386,8 @@ def solve(
     k_fast = model.fast_rates(transport)
     dosed = jnp.any((table.cells[:, None] > 0.0) & (per_cell != 0.0), axis=0)
     live = subset.take(reachable(model, transport, dosed).astype(float))
+    if mask is not None:
+        live = live * subset.take(jnp.asarray(mask).astype(float))
 
     def fast_at(t, t0, a0, u_fast):
         decay = -jnp.expm1(-k_fast * (t - t0))
