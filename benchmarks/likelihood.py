@@ -12,7 +12,10 @@ Run: ``python benchmarks/likelihood.py [--repeat 5]``. Prints a table and writes
   side by side in one process, alternating, at the prior median and at three draws of
   NumPyro's ``init_to_uniform(radius=1)`` (where fast rates make some scenarios stiff);
   the potential and gradient differences between the two; the solver steps summed over
-  the scenarios at the defaults.
+  the scenarios at the defaults. ``posterior`` does the same for the likelihood
+  function itself (``lik.function()``, gradient in the kinetic and observation
+  parameters) at four draws of the shipped posterior, where the calibration spends its
+  sampling time.
 """
 
 from __future__ import annotations
@@ -115,6 +118,42 @@ def reduced_vs_full(repeat: int) -> dict:
         key: result["full"][key] / result["reduced"][key]
         for key in ("value_s_total", "value_and_grad_s_total", "steps_at_defaults")
     }
+    result["posterior"] = at_posterior_draws(repeat)
+    return result
+
+
+def at_posterior_draws(repeat: int, n: int = 4) -> dict:
+    from mscpk.calibration.defaults import entries_of, shipped_draws
+    from mscpk.calibration.registry import apply
+
+    draws = shipped_draws()
+    if draws is None:
+        return {"reason": "no posterior shipped"}
+    entries = entries_of(draws)
+    picked = draws.iloc[np.linspace(0, len(draws) - 1, n).round().astype(int)]
+    points = [apply({c.name: float(row[c.name]) for c in entries}, entries) for _, row in picked.iterrows()]
+    fns = {}
+    for name in ("reduced", "full"):
+        f = EvidenceLikelihood(reduced=name == "reduced").function()
+        fns[name] = (jax.jit(f), jax.jit(jax.value_and_grad(f, argnums=(0, 1))))
+    differences = [float(fns["reduced"][0](*p) - fns["full"][0](*p)) for p in points]
+    times = {(name, kind, i): [] for name in fns for kind in (0, 1) for i in range(n)}
+    for _ in range(repeat):
+        for i, p in enumerate(points):
+            for name, pair in fns.items():
+                for kind in (0, 1):
+                    start = time.perf_counter()
+                    jax.block_until_ready(pair[kind](*p))
+                    times[(name, kind, i)].append(time.perf_counter() - start)
+    result = {"draws": [int(i) for i in picked.index], "log_lik_difference": differences}
+    for name in fns:
+        result[name] = {
+            "value_s": [float(np.median(times[(name, 0, i)])) for i in range(n)],
+            "value_and_grad_s": [float(np.median(times[(name, 1, i)])) for i in range(n)],
+        }
+    result["full_over_reduced"] = {
+        key: sum(result["full"][key]) / sum(result["reduced"][key]) for key in ("value_s", "value_and_grad_s")
+    }
     return result
 
 
@@ -153,6 +192,18 @@ def main(argv=None):
         )
     print("  full / reduced:", {k: round(v, 2) for k, v in comparison["full_over_reduced"].items()})
     print("  differences:", comparison["per_point"])
+    post = comparison["posterior"]
+    if "full_over_reduced" in post:
+        print(
+            "likelihood at shipped posterior draws, full / reduced:",
+            {k: round(v, 2) for k, v in post["full_over_reduced"].items()},
+            "per draw v+g reduced",
+            [round(x, 4) for x in post["reduced"]["value_and_grad_s"]],
+            "full",
+            [round(x, 4) for x in post["full"]["value_and_grad_s"]],
+            "log-lik differences",
+            post["log_lik_difference"],
+        )
     out = Path(__file__).parent / "results" / f"likelihood-{device.platform}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

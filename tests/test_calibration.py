@@ -695,7 +695,12 @@ def test_laplace_metric_is_the_inverse_hessian_and_scatters_the_starts(reduced, 
     )
     x0, unravel = ravel_pytree(info.param_info.z)
     f = jax.jit(lambda x: info.potential_fn(unravel(x)))
-    h = 1e-3
+    # The solve integrates only the 12 slots the rows read and holds them to rtol 1e-6,
+    # so the value is accurate to ~3e-7 and its gradient to ~1e-3 (measured): second
+    # differences at h = 1e-2 carry ~3e-3 of that noise and the metric's own differences
+    # of the gradient (step 1e-3) about 1%, hence rtol 2e-2. (Solving all 131 slots held
+    # the value to ~2e-8, since slots no row reads then also bound the steps.)
+    h = 1e-2
     e = np.eye(2) * h
 
     def second(i, j):  # central second difference of the value
@@ -705,7 +710,7 @@ def test_laplace_metric_is_the_inverse_hessian_and_scatters_the_starts(reduced, 
 
     hess = np.array([[second(i, j) for j in range(2)] for i in range(2)])
     assert np.all(np.linalg.eigvalsh(hess) > 1e-2)  # no floor at this point: m is the plain inverse
-    np.testing.assert_allclose(np.linalg.inv(m), hess, rtol=2e-3, atol=1e-3)
+    np.testing.assert_allclose(np.linalg.inv(m), hess, rtol=2e-2, atol=1e-3)
     floored = calfit.laplace_metric(reduced, values, min_curvature=1e6)
     np.testing.assert_allclose(floored, 1e-6 * np.eye(2), rtol=1e-9, atol=1e-15)
 
