@@ -69,6 +69,26 @@ _B = np.asarray(_TABLEAU.b_sol)
 _C = np.asarray(_TABLEAU.c)
 
 
+def timing_row(value: float, both: float, n_steps: int) -> dict:
+    """A table row: value and value + gradient (s), their ratio and cost per step (us)."""
+    return {
+        "value_s": value,
+        "value_and_grad_s": both,
+        "grad_over_value": both / value,
+        "value_us_per_step": value / n_steps * 1e6,
+        "value_and_grad_us_per_step": both / n_steps * 1e6,
+    }
+
+
+def max_leaf_rel_diff(ref, other) -> float:
+    """Largest difference between two gradient pytrees, leaf by leaf, relative to the
+    reference leaf's largest entry."""
+    return max(
+        float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(a)) + 1e-300))
+        for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(other), strict=True)
+    )
+
+
 def median_s(f, *args, repeat: int) -> float:
     """Median of ``repeat`` calls after a compiling one (:func:`_common.timed`)."""
     return timed(f, *args, repeat=repeat)[1]
@@ -202,20 +222,12 @@ def main(argv=None):
     ):
         value = median_s(eqx.filter_jit(f), model, repeat=args.repeat)
         both = median_s(eqx.filter_jit(eqx.filter_value_and_grad(f)), model, repeat=args.repeat)
-        rows[name] = {
-            "value_s": value,
-            "value_and_grad_s": both,
-            "grad_over_value": both / value,
-            "value_us_per_step": value / n_steps * 1e6,
-            "value_and_grad_us_per_step": both / n_steps * 1e6,
-        }
+        rows[name] = timing_row(value, both, n_steps)
     g_ref = eqx.filter_jit(eqx.filter_grad(lambda m: scan_loss(m, False)))(model)
 
     def max_rel_diff(stagewise):
-        g = eqx.filter_jit(eqx.filter_grad(lambda m: scan_loss(m, True, stagewise)))(model)
-        return max(
-            float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(a)) + 1e-300))
-            for a, b in zip(jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g), strict=True)
+        return max_leaf_rel_diff(
+            g_ref, eqx.filter_jit(eqx.filter_grad(lambda m: scan_loss(m, True, stagewise)))(model)
         )
 
     rel = {"whole step": max_rel_diff(False), "stage-wise": max_rel_diff(True)}
@@ -258,21 +270,12 @@ def main(argv=None):
         both = median_s(
             eqx.filter_jit(eqx.filter_value_and_grad(lambda mt, f=f: f(*mt))), (model, t0), repeat=args.repeat
         )
-        rows[name] = {
-            "value_s": value,
-            "value_and_grad_s": both,
-            "grad_over_value": both / value,
-            "value_us_per_step": value / n_steps * 1e6,
-            "value_and_grad_us_per_step": both / n_steps * 1e6,
-        }
+        rows[name] = timing_row(value, both, n_steps)
     g_jax, g_stage = (
         eqx.filter_jit(eqx.filter_grad(lambda mt, f=f: f(*mt)))((model, t0))
         for f in (module_loss(diffrax.Tsit5(), 64), module_loss(StagewiseTsit5(), 64))
     )
-    rel["diffrax loop, stage-wise step rule vs JAX's"] = max(
-        float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(a)) + 1e-300))
-        for a, b in zip(jax.tree_util.tree_leaves(g_jax), jax.tree_util.tree_leaves(g_stage), strict=True)
-    )
+    rel["diffrax loop, stage-wise step rule vs JAX's"] = max_leaf_rel_diff(g_jax, g_stage)
 
     # What a discrete adjoint must also pay in its forward pass: the state after every
     # accepted step, kept by diffrax (SaveAt(steps=True)) in a buffer of max_steps rows.
