@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
+from pathlib import Path
 
 import jax
 
@@ -32,6 +34,14 @@ def environment() -> dict:
         # "nan" lets the persistent compilation cache store solver programs (README).
         "eqx_on_error": os.environ.get("EQX_ON_ERROR", "raise"),
     }
+
+
+def write_result(stem: str, result: dict) -> Path:
+    """Write ``result`` to ``benchmarks/results/<stem>-<device>.json`` and say so."""
+    out = Path(__file__).parent / "results" / f"{stem}-{device_tag()}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return out
 
 
 def device_tag() -> str:

@@ -42,7 +42,6 @@ right-hand side, whatever adjoint drives it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -55,7 +54,7 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import device_tag, environment, timed  # noqa: E402
+from _common import environment, timed, write_result  # noqa: E402
 from _stagewise import StagewiseTsit5  # noqa: E402
 
 from mscpk.api import build_model  # noqa: E402
@@ -361,9 +360,7 @@ def main(argv=None):
     print("forward value, storing every step (s):", {k: round(v, 5) for k, v in storage.items()})
     print(f"floor for grad_over_value (value step + 6 VJPs): {floor:.2f}")
     print(f"discrete adjoints vs autodiff through the scan, max rel diff: {rel}")
-    out = Path(__file__).parent / "results" / f"adjoint-floor-{device_tag()}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result("adjoint-floor", result)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Reported: seconds, leapfrog steps and seconds per leapfrog step of each.
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
 import sys
 import time
@@ -29,7 +28,7 @@ jax.config.update("jax_enable_x64", True)
 sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402
-from _common import device_tag, environment  # noqa: E402
+from _common import environment, write_result  # noqa: E402
 from numpyro.infer import MCMC, NUTS  # noqa: E402
 
 from mscpk.calibration import fit  # noqa: E402
@@ -101,9 +100,7 @@ def main(argv=None):
             f"{per[name]:.4f} s per leapfrog step",
         )
     print(f"full / reduced, per leapfrog step: {result['full_over_reduced']:.3f}")
-    out = Path(__file__).parent / "results" / f"nuts-reduced-{device_tag()}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result("nuts-reduced", result)
 
 
 if __name__ == "__main__":
