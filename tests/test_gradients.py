@@ -234,7 +234,7 @@ def test_bad_slots_are_named(mouse_model, slots):
 def test_mask_integrates_only_its_slots(mouse_model):
     """``solve(..., mask=...)``: the masked slots follow the full solve, the others keep
     their dosed values, and leaving out a fast pool the output does not need (the secreted
-    factor, 0.7/h in a mouse) takes fewer steps; a mask of the wrong shape is named."""
+    factor, 0.7/h in a mouse) takes fewer steps; a mask of the wrong shape or type is named."""
     from mscpk.observation.assays import OUTPUT_ORGANS
     from mscpk.population import output_slots
     from mscpk.solve.segments import solve
@@ -258,3 +258,5 @@ def test_mask_integrates_only_its_slots(mouse_model):
     assert int(masked.n_steps) < int(full.n_steps)
     with pytest.raises(ValueError, match=rf"mask: expected shape \({mouse_model.n_states},\)"):
         solve(mouse_model, table, times, 240.0, config, mask=jnp.ones(10, bool))
+    with pytest.raises(TypeError, match="mask: expected booleans"):
+        solve(mouse_model, table, times, 240.0, config, mask=jnp.ones(mouse_model.n_states))

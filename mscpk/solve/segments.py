@@ -372,6 +372,10 @@ def solve(
         raise ValueError(
             f"mask: expected shape ({model.n_states},) (one entry per state slot), got {jnp.shape(mask)}"
         )
+    if mask is not None and jnp.result_type(mask) != jnp.bool_:
+        raise TypeError(
+            f"mask: expected booleans (True: integrate the slot), got dtype {jnp.result_type(mask)}"
+        )
     subset = _Subset.of(check_slots(slots, model.n_states) or range(model.n_states), model.n_states)
     times_h = jnp.asarray(times_h, dtype=float)
     t_end_h = jnp.asarray(t_end_h, dtype=float)
