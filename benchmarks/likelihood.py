@@ -57,6 +57,30 @@ def total_steps(lik: EvidenceLikelihood) -> int:
     return int(jnp.sum(steps(models, b.tables, b.times_h, b.t_end_h, masks)))
 
 
+def alternating_medians(fns: dict, points: list, repeat: int) -> dict:
+    """Median seconds of each ``(value, value_and_grad)`` pair in ``fns`` at each point
+    (a tuple of arguments), the variants timed in turn at every point and repeat, so
+    that all of them see the same machine state (after one untimed, compiling call of each)."""
+    for pair in fns.values():
+        for f in pair:
+            jax.block_until_ready(f(*points[0]))
+    times = {(name, kind, i): [] for name in fns for kind in (0, 1) for i in range(len(points))}
+    for _ in range(repeat):
+        for i, args in enumerate(points):
+            for name, pair in fns.items():
+                for kind in (0, 1):
+                    start = time.perf_counter()
+                    jax.block_until_ready(pair[kind](*args))
+                    times[(name, kind, i)].append(time.perf_counter() - start)
+    return {
+        name: {
+            key: [float(np.median(times[(name, kind, i)])) for i in range(len(points))]
+            for kind, key in ((0, "value_s"), (1, "value_and_grad_s"))
+        }
+        for name in fns
+    }
+
+
 def reduced_vs_full(repeat: int) -> dict:
     from numpyro.infer import init_to_median, init_to_uniform
     from numpyro.infer.util import initialize_model
@@ -94,24 +118,13 @@ def reduced_vs_full(repeat: int) -> dict:
                 ),
             }
         )
-    times = {(n, kind, i): [] for n in fns for kind in (0, 1) for i in range(len(points))}
-    for _ in range(repeat):  # alternating, so both see the same machine state
-        for i, z in enumerate(points):
-            for n, pair in fns.items():
-                for kind in (0, 1):
-                    start = time.perf_counter()
-                    jax.block_until_ready(pair[kind](z))
-                    times[(n, kind, i)].append(time.perf_counter() - start)
+    medians = alternating_medians(fns, [(z,) for z in points], repeat)
     result = {
         "points": ["prior median", "uniform(1) #1", "uniform(1) #2", "uniform(1) #3"],
         "per_point": per_point,
     }
     for n in fns:
-        result[n] = {
-            "value_s": [float(np.median(times[(n, 0, i)])) for i in range(len(points))],
-            "value_and_grad_s": [float(np.median(times[(n, 1, i)])) for i in range(len(points))],
-            "steps_at_defaults": steps[n],
-        }
+        result[n] = {**medians[n], "steps_at_defaults": steps[n]}
         result[n]["value_s_total"] = sum(result[n]["value_s"])
         result[n]["value_and_grad_s_total"] = sum(result[n]["value_and_grad_s"])
     result["full_over_reduced"] = {
@@ -137,20 +150,8 @@ def at_posterior_draws(repeat: int, n: int = 4) -> dict:
         f = EvidenceLikelihood(reduced=name == "reduced").function()
         fns[name] = (jax.jit(f), jax.jit(jax.value_and_grad(f, argnums=(0, 1))))
     differences = [float(fns["reduced"][0](*p) - fns["full"][0](*p)) for p in points]
-    times = {(name, kind, i): [] for name in fns for kind in (0, 1) for i in range(n)}
-    for _ in range(repeat):
-        for i, p in enumerate(points):
-            for name, pair in fns.items():
-                for kind in (0, 1):
-                    start = time.perf_counter()
-                    jax.block_until_ready(pair[kind](*p))
-                    times[(name, kind, i)].append(time.perf_counter() - start)
     result = {"draws": [int(i) for i in picked.index], "log_lik_difference": differences}
-    for name in fns:
-        result[name] = {
-            "value_s": [float(np.median(times[(name, 0, i)])) for i in range(n)],
-            "value_and_grad_s": [float(np.median(times[(name, 1, i)])) for i in range(n)],
-        }
+    result.update(alternating_medians(fns, points, repeat))
     result["full_over_reduced"] = {
         key: sum(result["full"][key]) / sum(result["reduced"][key]) for key in ("value_s", "value_and_grad_s")
     }
