@@ -11,6 +11,7 @@ import numpy as np
 import numpyro
 import pandas as pd
 import pytest
+from numpyro.infer import init_to_value
 
 import mscpk
 from mscpk.calibration import REGISTRY, Calibrated, CalibrationProblem, checks, informed
@@ -124,6 +125,30 @@ def test_zero_study_effects_reproduce_the_shared_likelihood(two_studies):
     assert float(lik(k, o, moved)) != pytest.approx(base, rel=1e-6)
     with pytest.raises(ValueError, match=r"effects.survival: expected shape \(2,\)"):
         lik(k, o, StudyEffects(jnp.zeros(3), jnp.zeros(3), jnp.zeros(3)))
+
+
+def test_unconstrained_scale_and_the_shared_value_and_gradient(reduced):
+    """The problem's own unconstrained scale and compiled potential are NumPyro's: the
+    same position as its initialisation, the same value and gradient as its potential."""
+    from numpyro.infer.util import initialize_model
+
+    values = {"death_rate_scale": jnp.asarray(1.7), "sigma_flow": jnp.asarray(0.3)}
+    info = initialize_model(
+        jax.random.PRNGKey(0), reduced.model, init_strategy=init_to_value(values=values), validate_grad=False
+    )
+    z = reduced.unconstrain(values)
+    for k in values:
+        np.testing.assert_allclose(z[k], info.param_info.z[k], rtol=1e-14)
+        np.testing.assert_allclose(reduced.constrain(z)[k], values[k], rtol=1e-14)
+        assert not z[k].weak_type and z[k].dtype == jnp.float64
+    pe, grad = reduced.value_and_grad(z)
+    ref_pe, ref_grad = jax.value_and_grad(info.potential_fn)(info.param_info.z)
+    np.testing.assert_allclose(pe, ref_pe, rtol=1e-12)
+    for k in values:
+        np.testing.assert_allclose(grad[k], ref_grad[k], rtol=1e-9)
+    assert reduced.value_and_grad(reduced.unconstrain({**values, "sigma_flow": 0.5}))[0] != pe
+    with pytest.raises(ValueError, match=r"values: no value of \['sigma_flow'\]"):
+        reduced.unconstrain({"death_rate_scale": 1.0})
 
 
 def test_numpyro_model_sites_and_finite_density(two_studies):

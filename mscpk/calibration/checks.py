@@ -25,7 +25,7 @@ import numpy as np
 import optax
 import pandas as pd
 from numpyro.infer import NUTS, init_to_value
-from numpyro.infer.util import initialize_model
+from numpyro.infer.util import ParamInfo, initialize_model
 
 from ..evidence.likelihood import TERMS
 from .problem import EFFECTS, CalibrationProblem
@@ -177,19 +177,26 @@ def recovery(
     )
     optimiser = optax.adam(0.1)
 
-    @jax.jit
     def mode(data):
-        potential = info.potential_fn(data)
+        """The MAP (unconstrained, NUTS's start) with the potential and its gradient
+        there: ``map_steps`` Adam steps and one more gradient in one loop, so the program
+        holds one gradient of the potential, not also one for NUTS's initial state."""
+        value_and_grad = jax.value_and_grad(info.potential_fn(data))
 
-        def step(carry, _):
-            z, state = carry
-            g = jax.grad(potential)(z)
-            updates, state = optimiser.update(g, state, z)
-            return (optax.apply_updates(z, updates), state), None
+        def step(carry, i):
+            z, state, _, _ = carry
+            pe, g = value_and_grad(z)
+            updates, new_state = optimiser.update(g, state, z)
+            moved = i < map_steps  # the last pass only evaluates
+            z_new, state = jax.tree.map(
+                lambda a, b: jnp.where(moved, a, b), (optax.apply_updates(z, updates), new_state), (z, state)
+            )
+            return (z_new, state, pe, g), None
 
         z0 = info.param_info.z
-        (z, _), _ = jax.lax.scan(step, (z0, optimiser.init(z0)), None, length=map_steps)
-        return z  # unconstrained, as NUTS's init_params
+        carry = (z0, optimiser.init(z0), jnp.zeros(()), z0)
+        (z, _, pe, g), _ = jax.lax.scan(step, carry, jnp.arange(map_steps + 1))
+        return ParamInfo(z, pe, g)
 
     kernel = NUTS(problem.model, max_tree_depth=max_tree_depth)
 

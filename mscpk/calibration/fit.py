@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from numpyro.infer import MCMC, NUTS, init_to_sample, init_to_value
-from numpyro.infer.util import initialize_model
+from numpyro.infer.util import ParamInfo, initialize_model
 
 from ..evidence.likelihood import CENSORED_LAPSE
 from .problem import EFFECTS, CalibrationProblem
@@ -70,32 +70,26 @@ def find_map(
         raise ValueError(f"learning_rate: must be > 0, got {learning_rate!r}")
     t0 = time.perf_counter()
     keys = jax.random.split(key, restarts)
-    start = init_to_value(values=problem.prior_median())
-    # validate_grad=False: the gradient is compiled once, in `update`, not also here.
-    info = initialize_model(keys[0], problem.model, init_strategy=start, validate_grad=False)
-    potential, constrain = info.potential_fn, info.postprocess_fn
     optimiser = optax.apply_if_finite(optax.adam(learning_rate), max_consecutive_errors=20)
-
-    @jax.jit
-    def update(z, state):
-        loss, g = jax.value_and_grad(potential)(z)
-        updates, state = optimiser.update(g, state, z)
-        return optax.apply_updates(z, updates), state, loss
+    # The potential's value and gradient are the problem's one compiled program (shared
+    # with NUTS's initial state); the optimiser's step is a small program of its own.
+    step = jax.jit(lambda g, state, z: _adam_step(optimiser, g, state, z))
 
     best, finals = None, []
     for r in range(restarts):
-        z = info.param_info.z
-        if r > 0:
-            z = initialize_model(
+        if r == 0:
+            z = problem.unconstrain(problem.prior_median())
+        else:
+            # A prior draw where the potential is finite (NumPyro's validity check).
+            drawn = initialize_model(
                 keys[r], problem.model, init_strategy=init_to_sample, validate_grad=False
-            ).param_info.z
-        # Strongly typed start (the prior median's values are weakly typed, the updates
-        # not): one compilation of `update` serves every step and restart, instead of 3.
-        z = jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.result_type(x)), z)
+            )
+            z = jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.result_type(x)), drawn.param_info.z)
         state = optimiser.init(z)
         history, best_z, best_loss = [], z, np.inf
         for i in range(steps):
-            z_new, state, loss = update(z, state)  # loss is the potential at z (before the step)
+            loss, g = problem.value_and_grad(z)  # the potential at z, before the step
+            z_new, state = step(g, state, z)
             loss = float(loss)
             history.append(-loss)
             if np.isfinite(loss) and loss < best_loss:
@@ -110,8 +104,13 @@ def find_map(
         if best is None or best_loss < best[1]:
             best = (best_z, best_loss, history)
     z, loss, history = best
-    values = {k: np.asarray(v) for k, v in constrain(z).items()}
+    values = {k: np.asarray(v) for k, v in problem.constrain(z).items()}
     return MapResult(values, -loss, finals, history, time.perf_counter() - t0)
+
+
+def _adam_step(optimiser, g, state, z):
+    updates, state = optimiser.update(g, state, z)
+    return optax.apply_updates(z, updates), state
 
 
 def default_chain_method(chains: int) -> str:
@@ -200,7 +199,7 @@ def dense_metric(problem: CalibrationProblem, samples: dict) -> np.ndarray:
     adapts the step size only), when parameters are correlated so strongly that the
     diagonal matrix NumPyro adapts by default needs long trajectories.
     """
-    from numpyro.infer.util import get_transforms, transform_fn
+    from numpyro.infer.util import transform_fn
 
     z0 = problem.prior_median()
     missing = sorted(set(z0) - set(samples))
@@ -215,18 +214,10 @@ def dense_metric(problem: CalibrationProblem, samples: dict) -> np.ndarray:
     n = chains * draws
     if n < 2:
         raise ValueError(f"samples: need at least 2 draws, got {n}")
-    # The sites' transforms from one abstract trace of the model (evaluating it would
-    # solve every scenario); they are elementwise (log, logit, identity), so they apply to
-    # the stacked draws directly.
-    found = {}
-
-    def trace(values):
-        found["transforms"] = get_transforms(problem.model, (), {}, values)
-        return 0.0
-
-    jax.eval_shape(trace, z0)
+    # The sites' transforms are elementwise (log, logit, identity): they apply to the
+    # stacked draws directly.
     flat = {k: jnp.asarray(np.reshape(samples[k], (n, *np.shape(z0[k])))) for k in z0}
-    z = transform_fn(found["transforms"], flat, invert=True)
+    z = transform_fn(problem.transforms(), flat, invert=True)
     x = np.concatenate([np.asarray(z[k]).reshape(n, -1) for k in sorted(z)], axis=1)
     if not np.all(np.isfinite(x)):
         raise ValueError("samples: not finite on the unconstrained scale (a draw outside a support?)")
@@ -260,11 +251,11 @@ def laplace_metric(
     missing = sorted(set(problem.prior_median()) - set(values))
     if missing:
         raise ValueError(f"values: no value of {missing}")
-    info = initialize_model(
-        jax.random.PRNGKey(0), problem.model, init_strategy=init_to_value(values=values), validate_grad=False
-    )
-    x0, unravel = ravel_pytree(info.param_info.z)
-    grad = jax.jit(jax.grad(lambda x: info.potential_fn(unravel(x))))
+    x0, unravel = ravel_pytree(problem.unconstrain(values))
+
+    def grad(x):  # the problem's compiled value and gradient (shared with MAP and NUTS)
+        return ravel_pytree(problem.value_and_grad(unravel(x))[1])[0]
+
     d = x0.shape[0]
     hess = np.empty((d, d))
     for i in range(d):
@@ -418,21 +409,20 @@ def _run_config(problem, chains, warmup, max_tree_depth, target_accept, key) -> 
     }
 
 
-def _unconstrained(problem, values: dict):
-    """``values`` (constrained, e.g. a MAP) on NUTS's unconstrained scale (one compiled
-    call: run op by op, NumPyro's set-up evaluates the potential and its gradient eagerly)."""
-
-    @jax.jit
-    def z(values):
-        info = initialize_model(
-            jax.random.PRNGKey(0),
-            problem.model,
-            init_strategy=init_to_value(values=values),
-            validate_grad=False,
-        )
-        return info.param_info.z
-
-    return z(values)
+def _initial_state(kernel, problem, key, warmup: int, z, chains: int):
+    """NumPyro's initial NUTS state at unconstrained ``z`` (batched over chains when
+    ``chains > 1``), in one compiled call. The potential and its gradient there come from
+    :meth:`CalibrationProblem.value_and_grad` (one chain at a time), so this program
+    holds no gradient of its own: a gradient through the solver is what takes long to
+    compile, and the MAP has compiled the problem's already."""
+    one = [jax.tree.map(lambda x, c=c: x[c], z) for c in range(chains)] if chains > 1 else [z]
+    pe, grad = zip(*(problem.value_and_grad(zc) for zc in one), strict=True)
+    if chains > 1:
+        pe, grad = jnp.stack(pe), jax.tree.map(lambda *g: jnp.stack(g), *grad)
+    else:
+        pe, grad = pe[0], grad[0]
+    init = jax.jit(lambda k, p: kernel.init(k, warmup, init_params=p, model_args=(), model_kwargs={}))
+    return init(key, ParamInfo(z, pe, grad))
 
 
 def run_nuts_resumable(
@@ -547,7 +537,7 @@ def run_nuts_resumable(
     adapted = {**_adapted(warm_start, chains), **metric}
     if step_size is not None:
         adapted.update(step_size=float(step_size), adapt_step_size=False)
-    z_start = _unconstrained(problem, start)
+    z_start = problem.unconstrain(start)
 
     init_file = directory / "init.pkl"
     if not init_file.exists():
@@ -567,9 +557,7 @@ def run_nuts_resumable(
         keys = key if chains == 1 else jax.random.split(key, chains)
         # A kernel of its own: with a batch of keys, `init` swaps in a vmapped sample function.
         kernel = _kernel(problem, start, max_tree_depth, target_accept, **adapted)
-        # One compiled call (op by op it took 332 s for the full problem's 4 chains).
-        init = jax.jit(lambda k, z: kernel.init(k, warmup, init_params=z, model_args=(), model_kwargs={}))
-        state = init(keys, z0)
+        state = _initial_state(kernel, problem, keys, warmup, z0, chains)
         _save(init_file, {"state": jax.device_get(state), "seconds": time.perf_counter() - t0})
     run_piece = _piece_runner(
         problem, start, z_start, max_tree_depth, target_accept, adapted, warmup, chains, method

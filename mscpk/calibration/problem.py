@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
+from numpyro.infer.util import get_transforms, potential_energy, transform_fn
 
 from ..evidence.scenarios import StudyEffects
 from ..model.parameters import KineticParameters
@@ -83,6 +84,8 @@ class CalibrationProblem:
         # un-jitted solve would run op by op.
         self._f = jax.jit(self.likelihood.function())
         self._f_terms = jax.jit(self.likelihood.function(terms=True))
+        self._transforms = None
+        self._value_and_grad = None
 
     # ------------------------------------------------------------------ names
     @property
@@ -154,6 +157,49 @@ class CalibrationProblem:
         m = 1 if n is None else int(n)
         draws = Predictive(self._sample_priors, num_samples=m)(key)
         return draws if n is not None else jax.tree_util.tree_map(lambda x: x[0], draws)
+
+    # ------------------------------------------------------------------ NumPyro's scale
+    def transforms(self) -> dict:
+        """NumPyro's transform of each latent site from the unconstrained scale (where MAP
+        and NUTS work) to its support, found from one abstract trace of the model
+        (evaluating it would solve every scenario)."""
+        if self._transforms is None:
+            found = {}
+
+            def trace(values):
+                found["transforms"] = get_transforms(self.model, (), {}, values)
+                return 0.0
+
+            jax.eval_shape(trace, self.prior_median())
+            self._transforms = found["transforms"]
+        return self._transforms
+
+    def unconstrain(self, values: dict) -> dict:
+        """Constrained ``values`` of every latent site on the unconstrained scale."""
+        missing = sorted(set(self.transforms()) - set(values))
+        if missing:
+            raise ValueError(f"values: no value of {missing}")
+        z = transform_fn(self.transforms(), {k: values[k] for k in self.transforms()}, invert=True)
+        # Strongly typed (prior medians are weakly typed, optimiser updates not): one
+        # compilation of each function of ``z`` serves every call.
+        return {k: jnp.asarray(v, dtype=jnp.result_type(float)) for k, v in z.items()}
+
+    def constrain(self, z: dict) -> dict:
+        """Unconstrained ``z`` back on each site's support."""
+        return transform_fn(self.transforms(), z)
+
+    def potential(self, z: dict):
+        """NUTS's potential: the negative log joint density at unconstrained ``z`` (with
+        the transforms' log-Jacobians)."""
+        return potential_energy(self.model, (), {}, z)
+
+    def value_and_grad(self, z: dict):
+        """``(potential, gradient)`` at ``z``, compiled once per problem: the MAP's steps,
+        NUTS's initial state and the Laplace metric share the one program (a gradient
+        through the solver is the costliest compilation of a fit)."""
+        if self._value_and_grad is None:
+            self._value_and_grad = jax.jit(jax.value_and_grad(self.potential))
+        return self._value_and_grad(z)
 
     def describe(self):
         """One line per calibrated entry: prior, units, basis (a DataFrame)."""
