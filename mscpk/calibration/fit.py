@@ -248,10 +248,7 @@ def laplace_metric(
     for name, v in (("step", step), ("min_curvature", min_curvature)):
         if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
             raise ValueError(f"{name}: must be a finite number > 0, got {v!r}")
-    missing = sorted(set(problem.prior_median()) - set(values))
-    if missing:
-        raise ValueError(f"values: no value of {missing}")
-    x0, unravel = ravel_pytree(problem.unconstrain(values))
+    x0, unravel = ravel_pytree(problem.unconstrain(values))  # checks that every site has a value
 
     def grad(x):  # the problem's compiled value and gradient (shared with MAP and NUTS)
         return ravel_pytree(problem.value_and_grad(unravel(x))[1])[0]
