@@ -549,6 +549,24 @@ def test_resumable_nuts_continues_where_it_stopped(reduced_data, whole_run, tmp_
         calfit.run_nuts_resumable(reduced, key, stopped, draws=30, chunk=0, **args)
 
 
+def test_run_nuts_gives_the_resumable_runs_draws(reduced_data, whole_run):
+    """``run_nuts`` (NumPyro's ``MCMC`` on the problem's potential, started from the
+    problem's shared value and gradient) and the resumable run (NumPyro's kernel on the
+    model) are the same sampler on the same density: same settings and key, same draws,
+    tree sizes and log densities."""
+    reduced = reduced_data
+    idata = calfit.run_nuts(
+        reduced, jax.random.PRNGKey(5), chains=1, warmup=20, draws=20, max_tree_depth=4, progress=False
+    )
+    reference = whole_run[1]
+    for n in reduced.parameter_names:
+        np.testing.assert_allclose(idata.posterior[n], reference.posterior[n], rtol=1e-9)
+        assert np.unique(np.asarray(idata.posterior[n])).size > 10  # the chain moves
+    np.testing.assert_array_equal(idata.sample_stats["n_steps"], reference.sample_stats["n_steps"])
+    np.testing.assert_allclose(idata.sample_stats["lp"], reference.sample_stats["lp"], rtol=1e-9)
+    assert idata.posterior.attrs["warmup"] == 20 and idata.posterior.attrs["seconds"] > 0
+
+
 def test_run_progress_reads_a_saved_run(reduced_data, whole_run, tmp_path):
     """The pieces and the draws so far of a resumable run, read from its directory only:
     the draws are the run's own; a run in warm-up has pieces but no draws; a directory

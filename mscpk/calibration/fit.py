@@ -319,21 +319,44 @@ def run_nuts(
     ``init``: constrained starting values (e.g. :attr:`MapResult.values`); default the
     prior median. ``chain_method``: NumPyro's; default :func:`default_chain_method`.
     ``dense_mass``: adapt a dense mass matrix (NumPyro's; default diagonal).
+
+    NumPyro's ``MCMC`` runs NUTS on :meth:`CalibrationProblem.potential` from the start's
+    potential and gradient (:meth:`CalibrationProblem.value_and_grad`, shared with
+    :func:`find_map`): the draws are those of NUTS on the model, without the gradient
+    program NumPyro's model set-up would compile for the start.
     """
     _check_nuts_args(problem, chains, warmup, draws, max_tree_depth, target_accept)
     method = _chain_method(chains, chain_method)
-    metric = _metric(problem.prior_median(), dense_mass, None, True)
+    _metric(problem.prior_median(), dense_mass, None, True)  # checks dense_mass
     start = problem.prior_median() if init is None else {k: jnp.asarray(v) for k, v in init.items()}
+    t0 = time.perf_counter()
+    z = problem.unconstrain(start)
+    # NUTS on the problem's potential, not on the model: NumPyro then skips its model
+    # set-up, which evaluates and compiles a gradient of its own at the start; the start's
+    # potential and gradient come from the problem's compiled ``value_and_grad``, which the
+    # MAP has usually compiled already. Same density (the model's potential) and draws
+    # constrained by the model's transforms.
+    start_info = ParamInfo(z, *problem.value_and_grad(z))
+    if chains > 1:
+        start_info = jax.tree.map(lambda x: jnp.broadcast_to(x, (chains, *jnp.shape(x))), start_info)
+    kernel = NUTS(
+        potential_fn=problem.potential,
+        max_tree_depth=max_tree_depth,
+        target_accept_prob=target_accept,
+        # NumPyro's structure for a model (sites in sorted order), so that the momenta and
+        # hence the draws are those of NUTS on the model.
+        dense_mass=[tuple(sorted(z))] if dense_mass else [],
+    )
     mcmc = MCMC(
-        _kernel(problem, start, max_tree_depth, target_accept, **metric),
+        kernel,
         num_warmup=warmup,
         num_samples=draws,
         num_chains=chains,
         chain_method=method,
         progress_bar=progress,
+        postprocess_fn=problem.constrain,
     )
-    t0 = time.perf_counter()
-    mcmc.run(key, extra_fields=EXTRA_FIELDS)
+    mcmc.run(key, init_params=start_info, extra_fields=EXTRA_FIELDS)
     seconds = time.perf_counter() - t0
     return to_inference_data(mcmc, problem, seconds=seconds, chain_method=method, warmup=warmup)
 
@@ -341,7 +364,11 @@ def run_nuts(
 def to_inference_data(mcmc: MCMC, problem: CalibrationProblem, **attrs) -> az.InferenceData:
     """``InferenceData`` of a finished run with study coordinates and run attributes."""
     idata = az.from_numpyro(
-        mcmc, log_likelihood=False, coords={"study": list(problem.study_ids)}, dims=_dims(problem)
+        mcmc,
+        log_likelihood=False,
+        coords={"study": list(problem.study_ids)},
+        dims=_dims(problem),
+        pred_dims={},  # no predictions; arviz would otherwise trace the sampler's model
     )
     n_steps = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["num_steps"])
     idata.sample_stats["n_steps"] = (("chain", "draw"), n_steps)
