@@ -53,14 +53,31 @@ def device_tag() -> str:
 
 
 def peak_memory_bytes() -> int | None:
-    """Peak bytes in use on the first device (accelerators) or the process's peak RSS (CPU)."""
+    """Peak bytes in use on the first device (accelerators) or this process's own peak
+    resident set (CPU).
+
+    On Linux that is ``VmHWM`` of ``/proc/self/status``, the peak of this process's
+    address space. ``getrusage``'s ``ru_maxrss`` is not: Linux carries the parent's
+    resident set at fork into it, so a benchmark process started by ``suite.py`` (itself
+    ~600 MiB) reported the suite's memory whatever its own (session 29,
+    ``benchmarks/RESULTS.md``). Elsewhere ``ru_maxrss`` stays the fallback (bytes on
+    macOS, KiB on other systems)."""
     device = jax.devices()[0]
     if device.platform != "cpu":
         stats = device.memory_stats() or {}
         return stats.get("peak_bytes_in_use")
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # given in kB
+    except OSError:
+        pass
     import resource
+    import sys
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def timed(f, *args, repeat: int = 3) -> tuple[float, float]:

@@ -187,3 +187,26 @@ def test_population_parts_combine_into_one_record(tmp_path):
     assert json.loads((tmp_path / "all.json").read_text())["subjects"] == 150
     with pytest.raises(ValueError, match="--combine: give --out"):
         main(["--combine", *map(str, files)])
+
+
+def test_peak_memory_is_the_benchmark_processs_own():
+    """``peak_memory_bytes`` in a process started by a larger one (``suite.py`` starts each
+    population run so) is that process's own peak: ``getrusage``'s ``ru_maxrss`` would
+    carry the parent's resident set over (session 29: every scaling row read the suite's
+    ~620 MiB)."""
+    import subprocess
+
+    from _common import peak_memory_bytes
+
+    big = bytearray(1 << 30)  # this process: 1 GiB more, every page touched
+    big[::4096] = b"x" * len(range(0, 1 << 30, 4096))
+    here = peak_memory_bytes()
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from _common import peak_memory_bytes; print(peak_memory_bytes())"
+    bench_dir = str(Path(__file__).parents[1] / "benchmarks")
+    out = subprocess.run(
+        [sys.executable, "-c", code, bench_dir], capture_output=True, text=True, check=True
+    ).stdout
+    child = int(out.split()[-1])
+    del big
+    assert here > 1 << 30
+    assert 10 * 2**20 < child < here - (1 << 29), (child, here)  # jax imported, not the parent's GiB
