@@ -336,9 +336,7 @@ def run_nuts(
     # potential and gradient come from the problem's compiled ``value_and_grad``, which the
     # MAP has usually compiled already. Same density (the model's potential) and draws
     # constrained by the model's transforms.
-    start_info = ParamInfo(z, *problem.value_and_grad(z))
-    if chains > 1:
-        start_info = jax.tree.map(lambda x: jnp.broadcast_to(x, (chains, *jnp.shape(x))), start_info)
+    start_info = _every_chain(ParamInfo(z, *problem.value_and_grad(z)), chains)
     kernel = NUTS(
         potential_fn=problem.potential,
         max_tree_depth=max_tree_depth,
@@ -431,6 +429,14 @@ def _run_config(problem, chains, warmup, max_tree_depth, target_accept, key) -> 
             jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
         ).tolist(),
     }
+
+
+def _every_chain(tree, chains: int):
+    """``tree`` (one chain's) with a leading axis of ``chains`` copies when ``chains > 1``
+    (NumPyro's batched layout), else as it is."""
+    if chains == 1:
+        return tree
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (chains, *jnp.shape(x))), tree)
 
 
 def _initial_state(kernel, problem, key, warmup: int, z, chains: int):
@@ -575,7 +581,7 @@ def run_nuts_resumable(
                 )
         else:
             z = z_start
-            z0 = z if chains == 1 else jax.tree.map(lambda x: jnp.broadcast_to(x, (chains, *jnp.shape(x))), z)
+            z0 = _every_chain(z, chains)
             if init_scatter > 0:
                 z0 = _scattered(z_start, np.asarray(inverse_mass_matrix), init_scatter, chains, key)
         keys = key if chains == 1 else jax.random.split(key, chains)
