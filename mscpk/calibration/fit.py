@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +25,7 @@ from numpyro.infer import MCMC, NUTS, init_to_sample, init_to_value
 from numpyro.infer.util import ParamInfo, initialize_model
 
 from ..evidence.likelihood import CENSORED_LAPSE
+from ._arviz import az
 from .problem import EFFECTS, CalibrationProblem
 
 

@@ -91,7 +91,7 @@ def fit_report(idata, problem) -> str:
 def summary_table(path=None) -> pd.DataFrame:
     """Summary of an InferenceData file, or of the shipped posterior (``path=None``)."""
     if path is not None:
-        import arviz as az
+        from ._arviz import az
 
         p = Path(path)
         if not p.exists():
