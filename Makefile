@@ -30,7 +30,7 @@ test: $(STAMP)
 test-all: $(STAMP)
 	MSCPK_LONG_TESTS=1 $(PY) -m pytest -q -n auto --dist worksteal -m "slow or not slow"
 
-# Benchmark suite (not part of `make test`; ~45 min on 2 cores): SciPy comparison, scaling,
+# Benchmark suite (not part of `make test`; ~20 min on 2 cores, 2026-11-25): SciPy comparison, scaling,
 # gradient, compile, expm and, under BENCH_OTHER_PY (default: a second venv with the newest
 # jax, created here), the cross-version key figures. Writes benchmarks/results/latest.json.
 # POSTERIOR=path.nc adds nuts_s_per_ess from a finished calibration.

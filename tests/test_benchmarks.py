@@ -210,3 +210,33 @@ def test_peak_memory_is_the_benchmark_processs_own():
     del big
     assert here > 1 << 30
     assert 10 * 2**20 < child < here - (1 << 29), (child, here)  # jax imported, not the parent's GiB
+
+
+def test_posterior_geometry_names_draws_and_whitened_hessian(tmp_path):
+    """The geometry benchmark's pieces: entry names in ``ravel_pytree``'s order; only the
+    draws-phase samples of a saved run; the whitened Hessian of a Gaussian potential by
+    its own covariance is the identity."""
+    import jax
+    from jax.flatten_util import ravel_pytree
+    from posterior_geometry import flat_names, run_draws, whitened_hessian
+
+    z = {"tau_b": np.float64(3.0), "a": np.float64(1.0), "z_b": np.array([5.0, 6.0])}
+    flat, _ = ravel_pytree(z)
+    values = {"a": 1.0, "tau_b": 3.0, "z_b[0]": 5.0, "z_b[1]": 6.0}
+    assert [values[n] for n in flat_names(z)] == np.asarray(flat).tolist()
+
+    pilot = Path(__file__).parents[1] / "benchmarks" / "runs" / "statement_pilot"
+    draws = run_draws(pilot)  # 4 chains x 60 draws; the 19 warm-up iterations left out
+    assert {np.shape(v)[0] for v in draws.values()} == {240}
+    assert draws["z_lung"].shape == (240, 10)
+    with pytest.raises(ValueError, match="no draws-phase piece"):
+        run_draws(tmp_path)
+
+    rng = np.random.default_rng(0)
+    b = rng.normal(size=(4, 4))
+    a = b @ b.T + 4 * np.eye(4)
+    grad = jax.jit(jax.grad(lambda y: 0.5 * y @ jnp.asarray(a) @ y))
+    lower = np.linalg.cholesky(np.linalg.inv(a))
+    hw, asymmetry = whitened_hessian(grad, rng.normal(size=4), lower, 1e-2)
+    np.testing.assert_allclose(hw, np.eye(4), atol=1e-10)
+    assert asymmetry < 1e-10
