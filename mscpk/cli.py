@@ -897,6 +897,8 @@ def cmd_simulate(args) -> int:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .api import SolveError
+
     try:
         if args.command == "simulate":
             apply_scenario(args, parser)
@@ -912,6 +914,13 @@ def main(argv=None) -> int:
     except (ValueError, TypeError) as err:
         print(f"mscpk: error: {err}", file=sys.stderr)
         return 2
+    except SolveError as err:
+        print(
+            f"mscpk: error: {err}. The command line uses the default solver settings; from Python, "
+            "mscpk.simulate(..., solver=mscpk.SolverConfig(max_steps=..., solver=...)) sets them",
+            file=sys.stderr,
+        )
+        return 1
     parser.error(f"unknown command {args.command!r}")
     return 2
 

@@ -105,6 +105,13 @@ def test_cli_rejects_bad_input_with_clear_message(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["simulate", "--cells", "1e6", "--infusion-min", "0", "--out", str(tmp_path / "x.csv")])
     assert "--infusion-min: must be a finite number > 0" in capsys.readouterr().err
+    # A solve that fails (an IM depot over 1e9 h exceeds the default max_steps) is a
+    # clear message and exit code 1, not a traceback, and writes nothing.
+    out = tmp_path / "long.csv"
+    assert main(["simulate", "--route", "im", "--cells", "1e6", "--hours", "1e9", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "the ODE solve failed" in err and "SolverConfig(max_steps" in err
+    assert not out.exists()
 
 
 def test_cli_help_explains_every_option():
