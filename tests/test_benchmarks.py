@@ -218,7 +218,7 @@ def test_posterior_geometry_names_draws_and_whitened_hessian(tmp_path):
     its own covariance is the identity."""
     import jax
     from jax.flatten_util import ravel_pytree
-    from posterior_geometry import flat_names, run_draws, whitened_hessian
+    from posterior_geometry import curvature_by_row, flat_names, run_draws, whitened_hessian
 
     z = {"tau_b": np.float64(3.0), "a": np.float64(1.0), "z_b": np.array([5.0, 6.0])}
     flat, _ = ravel_pytree(z)
@@ -240,3 +240,15 @@ def test_posterior_geometry_names_draws_and_whitened_hessian(tmp_path):
     hw, asymmetry = whitened_hessian(grad, rng.normal(size=4), lower, 1e-2)
     np.testing.assert_allclose(hw, np.eye(4), atol=1e-10)
     assert asymmetry < 1e-10
+
+    # Curvature split over rows: two rows' terms and a prior part, all quadratic.
+    def row_terms(y):
+        return -0.5 * np.array([2.0 * y[0] ** 2, 7.0 * y[1] ** 2])
+
+    def value(y):
+        return -row_terms(y).sum() + 0.5 * 3.0 * y[2] ** 2
+
+    split = curvature_by_row(value, row_terms, np.array([0.3, -1.0, 2.0]), np.ones(3), ["r0", "r1"])
+    assert split["total"] == pytest.approx(12.0) and split["rows_sum"] == pytest.approx(9.0)
+    assert split["rest"] == pytest.approx(3.0)
+    assert [r for r, _ in split["top_rows"]] == ["r1", "r0"]
