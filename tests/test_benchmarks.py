@@ -215,7 +215,8 @@ def test_peak_memory_is_the_benchmark_processs_own():
 def test_posterior_geometry_names_draws_and_whitened_hessian(tmp_path):
     """The geometry benchmark's pieces: entry names in ``ravel_pytree``'s order; only the
     draws-phase samples of a saved run; the whitened Hessian of a Gaussian potential by
-    its own covariance is the identity."""
+    its own covariance is the identity; a directional curvature splits into the rows'
+    parts and the rest."""
     import jax
     from jax.flatten_util import ravel_pytree
     from posterior_geometry import curvature_by_row, flat_names, run_draws, whitened_hessian
