@@ -44,7 +44,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     run = Path(args.run)
     config = pickle.loads((run / "config.pkl").read_bytes())
-    state = pickle.loads(sorted(run.glob("piece_*.pkl"))[-1].read_bytes())["state"]
+    state = fit.run_last_state(run)
     reduced = fit.problem_of_run(run)
     full = CalibrationProblem(
         EvidenceLikelihood(reduced.likelihood.table, reduced=False), hierarchical=bool(config["hierarchical"])

@@ -33,7 +33,6 @@ draws' covariance mapped to them (the centred entries keep their ``z_*`` names).
 from __future__ import annotations
 
 import argparse
-import glob
 import pickle
 import sys
 import time
@@ -96,12 +95,11 @@ def curvature_by_row(value, row_terms, y0, direction, row_ids, t: float = 0.05, 
     total = (float(value(ys[2])) - 2 * float(value(ys[1])) + float(value(ys[0]))) / t**2
     f = [np.asarray(row_terms(y)) for y in ys]
     rows = -(f[2] - 2 * f[1] + f[0]) / t**2
-    order = np.argsort(-np.abs(rows))[:n]
     return {
         "total": round(total, 2),
         "rows_sum": round(float(rows.sum()), 2),
         "rest": round(total - float(rows.sum()), 2),
-        "top_rows": [[row_ids[k], round(float(rows[k]), 2)] for k in order],
+        "top_rows": top_components(rows, row_ids, n),
     }
 
 
@@ -123,8 +121,7 @@ def main(argv=None):
     for s in args.centre:
         if s not in problem.study_ids:
             raise ValueError(f"--centre: {s!r} is not a study of the run; allowed: {list(problem.study_ids)}")
-    pieces = sorted(glob.glob(str(run / "piece_*.pkl")))
-    last = pickle.loads(Path(pieces[-1]).read_bytes())["state"]
+    last = fit.run_last_state(run)
     chains = np.asarray(last.adapt_state.step_size).size
     starts = [{k: np.asarray(v)[c] for k, v in last.z.items()} for c in range(chains)]
     names = flat_names(starts[0])
@@ -153,20 +150,18 @@ def main(argv=None):
     value = jax.jit(potential)
     draws = run_draws(run)
     zs = jax.jit(jax.vmap(problem.unconstrain))(draws)
-    x_draws = np.stack(
-        [
-            np.asarray(ravel_pytree({k: v[i] for k, v in zs.items()})[0])
-            for i in range(len(draws["sigma_flow"]))
-        ]
-    )
-    y_draws = np.asarray(jax.vmap(to_y)(jnp.asarray(x_draws)))
+    y_draws = np.asarray(jax.vmap(lambda d: to_y(ravel_pytree(d)[0]))(zs))
     cov = np.cov(y_draws, rowvar=False)
     L = np.linalg.cholesky(cov)
     L_inv = np.linalg.inv(L)
     metric = np.load(run / "metric.npy")
     metric_l = np.linalg.cholesky(metric)
     steps = np.concatenate(
-        [np.asarray(pickle.loads(Path(f).read_bytes())["extra"]["num_steps"]) for f in pieces], axis=1
+        [
+            np.asarray(pickle.loads(f.read_bytes())["extra"]["num_steps"])
+            for f in sorted(run.glob("piece_*.pkl"))
+        ],
+        axis=1,
     )
     result = {
         "benchmark": "local curvature of the calibration potential at a run's last states",

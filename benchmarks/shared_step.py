@@ -52,7 +52,7 @@ def main(argv=None):
     from mscpk.calibration import fit
 
     problem = fit.problem_of_run(run)
-    state = pickle.loads(sorted(run.glob("piece_*.pkl"))[-1].read_bytes())["state"]
+    state = fit.run_last_state(run)
     own = np.asarray(state.adapt_state.step_size, dtype=float)
     shared = float(np.exp(np.mean(np.log(own))))
     metric = np.load(run / "metric.npy")

@@ -763,15 +763,21 @@ def _run_config_file(directory) -> dict:
     return _load(config)
 
 
-def run_step_sizes(directory) -> np.ndarray | None:
-    """Each chain's step size in the last saved state of a resumable run (its last piece,
-    or the initial state before the first); ``None`` if none is saved."""
+def run_last_state(directory):
+    """The last saved NUTS state (``HMCState``, batched over chains) of a resumable run:
+    its last piece's, or the initial state before the first; ``None`` if none is saved."""
     directory = Path(directory)
     _run_config_file(directory)
     saved = sorted(directory.glob("piece_*.pkl")) or [directory / "init.pkl"]
     if not saved[-1].exists():
         return None
-    state = _load(saved[-1]).get("state")
+    return _load(saved[-1]).get("state")
+
+
+def run_step_sizes(directory) -> np.ndarray | None:
+    """Each chain's step size in the last saved state of a resumable run (its last piece,
+    or the initial state before the first); ``None`` if none is saved."""
+    state = run_last_state(directory)
     return None if state is None else np.atleast_1d(np.asarray(state.adapt_state.step_size, dtype=float))
 
 
