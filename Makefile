@@ -52,9 +52,11 @@ bench-nuts: $(STAMP)
 
 # Re-create the shipped calibration end to end (~7 h on 2 cores; resumable: the same command
 # continues it). EXPORT=mscpk/calibration/data replaces the shipped posterior once converged.
+# CAL_ARGS: further options of benchmarks/recalibrate.py (e.g. "--share-step-size
+# --detection-limit-log-sd 1"; they change the model or the sampler: not the shipped fit's).
 CAL_ROOT ?= calibration-run
 calibrate: $(STAMP)
-	PYTHONPATH=$(CURDIR) $(PY) benchmarks/recalibrate.py --root $(CAL_ROOT) $(if $(HOURS),--hours $(HOURS)) $(if $(EXPORT),--export $(EXPORT))
+	PYTHONPATH=$(CURDIR) $(PY) benchmarks/recalibrate.py --root $(CAL_ROOT) $(if $(HOURS),--hours $(HOURS)) $(if $(EXPORT),--export $(EXPORT)) $(CAL_ARGS)
 
 # Virtual-population benchmark on the first accelerator (1e6 subjects x 30 days); writes
 # benchmarks/results/gpu-<device>.json. The pinned .venv has the CPU build of jax: point

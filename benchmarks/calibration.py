@@ -47,6 +47,8 @@ def main(argv=None):
     parser.add_argument("--metric-laplace", action="store_true", help="with --state-dir (see mscpk fit)")
     parser.add_argument("--init-scatter", type=float, default=0.0, help="(see mscpk fit)")
     parser.add_argument("--step-size", type=float, default=None, help="with --state-dir (see mscpk fit)")
+    parser.add_argument("--share-step-size", action="store_true", help="with --state-dir (see mscpk fit)")
+    parser.add_argument("--detection-limit-log-sd", type=float, default=0.0, help="(see mscpk fit)")
     parser.add_argument(
         "--results",
         default=None,
@@ -110,6 +112,10 @@ def main(argv=None):
         cmd += ["--init-scatter", str(args.init_scatter)]
     if args.step_size is not None:
         cmd += ["--step-size", repr(args.step_size)]
+    if args.share_step_size:
+        cmd += ["--share-step-size"]
+    if args.detection_limit_log_sd:
+        cmd += ["--detection-limit-log-sd", repr(args.detection_limit_log_sd)]
     if args.dense_mass:
         cmd += ["--dense-mass"]
     t0 = time.perf_counter()

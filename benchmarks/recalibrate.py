@@ -19,6 +19,13 @@ a :mod:`benchmarks.calibration` run with its own ``--state-dir`` under ``DIR``:
    raised by ``--extend`` (default 30) until every global parameter has R-hat <= 1.01,
    bulk ESS >= 400 and fewer than 1% divergent draws (or ``--max-draws`` is reached).
 
+Options beyond the shipped fit's, given to every stage (recorded in ``DIR/pipeline.json``;
+continuing a root with other options is refused): ``--share-step-size`` (after warm-up,
+every chain draws with the chains' geometric mean step size; ``mscpk fit``) and
+``--detection-limit-log-sd S`` (the assay families' assumed detection limits integrated
+out with log-SD ``S``; ``DETECTION_LIMIT_LOG_SD`` = 1 is their assumed spread). Both
+change the runs, so a posterior made with them is not the shipped one until exported.
+
 The MAP is found once: the later stages get a copy of the pilot's ``map.pkl`` (same
 evidence, seed and MAP settings, so the same optimum). With ``--export DIR`` the final
 posterior is written there (the package's shipped defaults) only if it meets those
@@ -62,13 +69,13 @@ def last_piece(directory: Path) -> Path:
     return pieces[-1]
 
 
-def stage_args(root, name: str, draws: int | None = None) -> list[str]:
+def stage_args(root, name: str, draws: int | None = None, options=()) -> list[str]:
     """The ``benchmarks/calibration.py`` arguments of stage ``name`` under ``root``
     (``pooled`` and ``final`` need the stage before them finished: they start from its
-    last piece)."""
+    last piece), with ``options`` (further arguments, the same for every stage)."""
     root = Path(root)
     d = root / name
-    args = [f"--{k.replace('_', '-')}={v}" for k, v in COMMON.items()]
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in COMMON.items()] + list(options)
     args += [f"--state-dir={d}", f"--out={d / 'posterior.nc'}", f"--results={d / 'calibration.json'}"]
     if name == "pilot":
         return args + [
@@ -127,6 +134,17 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
     parser.add_argument(
         "--export", default=None, help="write the converged posterior here (shipped defaults)"
     )
+    parser.add_argument(
+        "--share-step-size",
+        action="store_true",
+        help="every stage: one step size for all chains after warm-up",
+    )
+    parser.add_argument(
+        "--detection-limit-log-sd",
+        type=float,
+        default=0.0,
+        help="every stage: log-SD of the assumed detection limits (default 0: known, as in the shipped fit)",
+    )
     args = parser.parse_args(argv)
     for name in ("draws", "extend", "max_draws"):
         if getattr(args, name) < 1:
@@ -135,10 +153,22 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
             )
     if args.hours is not None and not args.hours > 0:
         raise ValueError(f"--hours: expected hours > 0, got {args.hours!r}")
+    if not (0.0 <= args.detection_limit_log_sd < float("inf")):
+        raise ValueError(
+            f"--detection-limit-log-sd: expected a finite number >= 0, got {args.detection_limit_log_sd!r}"
+        )
+    options = ["--share-step-size"] if args.share_step_size else []
+    if args.detection_limit_log_sd:
+        options.append(f"--detection-limit-log-sd={args.detection_limit_log_sd!r}")
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     record_path = root / "pipeline.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {"stages": {}}
+    if record.setdefault("options", options) != options:
+        raise ValueError(
+            f"--root: {root} holds a calibration run with the options {record['options']}, not {options}; "
+            "use the same options or a new --root"
+        )
     started = clock()
 
     def left() -> list[str]:
@@ -156,7 +186,7 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         out = d / "posterior.nc"
         out.unlink(missing_ok=True)  # written again only when the stage finishes
         t0 = clock()
-        runner(stage_args(root, name, draws) + left())
+        runner(stage_args(root, name, draws, options) + left())
         done = record["stages"].setdefault(name, {"wall_s": 0.0})
         done["wall_s"] += clock() - t0
         record_path.write_text(json.dumps(record, indent=2) + "\n")
@@ -196,7 +226,7 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         if record["ppc_within_90"] < MIN_PPC_WITHIN_90:
             print(f"not exported: {record['ppc_within_90']:.0%} of rows within their 90% interval (< 80%)")
             return 1
-        runner(stage_args(root, "final", draws) + [f"--export={args.export}"])
+        runner(stage_args(root, "final", draws, options) + [f"--export={args.export}"])
         print(f"exported to {args.export}")
     return 0
 

@@ -54,7 +54,8 @@ def main(argv=None):
     problem = fit.problem_of_run(run)
     state = fit.run_last_state(run)
     own = np.asarray(state.adapt_state.step_size, dtype=float)
-    shared = float(np.exp(np.mean(np.log(own))))
+    shared_state = fit.shared_step_size(state)  # what `mscpk fit --share-step-size` does
+    shared = float(np.asarray(shared_state.adapt_state.step_size).flat[0])
     metric = np.load(run / "metric.npy")
     start = problem.prior_median()
     adapted = {
@@ -77,11 +78,7 @@ def main(argv=None):
     )
     states = {
         "own": state,
-        "shared": state._replace(
-            adapt_state=state.adapt_state._replace(
-                step_size=jnp.full_like(state.adapt_state.step_size, shared)
-            )
-        ),
+        "shared": shared_state,
     }
     # Compiles (one program per piece length) and runs one piece, not timed or kept. (A
     # huge step size, to make it cheap, sends the solves into parameter regions where

@@ -359,6 +359,22 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. the smallest that an earlier run's chains adapted (mscpk posterior progress shows them)",
     )
     fit.add_argument(
+        "--share-step-size",
+        action="store_true",
+        help="with --state-dir: at the end of warm-up every chain continues with the geometric mean of "
+        "the chains' adapted step sizes (default: each its own); the chains run in parallel, and the one "
+        "with the smallest step sets the wall time",
+    )
+    fit.add_argument(
+        "--detection-limit-log-sd",
+        type=_nonnegative_float("--detection-limit-log-sd"),
+        default=0.0,
+        help="log-scale SD of the assay families' assumed detection limits, integrated out of the "
+        "'below/above detection' rows that have no limit of their own (default 0: taken as known, the "
+        "model of the shipped calibration; mscpk.observation.parameters.DETECTION_LIMIT_LOG_SD = 1 is "
+        "the assumed spread)",
+    )
+    fit.add_argument(
         "--ppc-draws",
         type=_int_at_least("--ppc-draws"),
         default=200,
@@ -448,6 +464,10 @@ def cmd_fit(args) -> int:
         raise ValueError("--init-scatter: only with --metric-laplace or --metric-from (its covariance)")
     if args.step_size is not None and not args.state_dir:
         raise ValueError("--step-size: only with --state-dir")
+    if args.share_step_size and not args.state_dir:
+        raise ValueError("--share-step-size: only with --state-dir")
+    if args.share_step_size and args.step_size is not None:
+        raise ValueError("--share-step-size: not with --step-size (every chain already has that step)")
     if args.init_scatter > 0 and args.warm_start is not None:
         raise ValueError("--init-scatter: not with --warm-start (the chains start from its positions)")
     warm_start = _warm_start(args.warm_start)
@@ -457,7 +477,8 @@ def cmd_fit(args) -> int:
         if unknown:
             raise ValueError(f"--study: unknown {unknown}; allowed: {', '.join(sorted(set(table.study_id)))}")
         table = table[table.study_id.isin(args.study)].reset_index(drop=True)
-    problem = CalibrationProblem(EvidenceLikelihood(table), hierarchical=not args.no_hierarchy)
+    likelihood = EvidenceLikelihood(table, detection_limit_log_sd=args.detection_limit_log_sd)
+    problem = CalibrationProblem(likelihood, hierarchical=not args.no_hierarchy)
     print(
         f"mscpk fit: {len(table)} rows, {problem.likelihood.n_studies} studies, "
         f"{len(problem.parameter_names)} calibrated parameters: {', '.join(problem.parameter_names)}"
@@ -489,6 +510,7 @@ def cmd_fit(args) -> int:
             adapt_mass_matrix=metric is None,
             init_scatter=args.init_scatter,
             step_size=args.step_size,
+            share_step_size=args.share_step_size,
             progress=True,
         )
         if idata is None:
@@ -515,6 +537,8 @@ def cmd_fit(args) -> int:
     for name in ("state_dir", "warm_start", "metric_from", "metric_since"):
         if getattr(args, name) is not None:
             idata.posterior.attrs[name] = str(getattr(args, name))
+    if args.detection_limit_log_sd:  # the likelihood the posterior is of (0: the default)
+        idata.posterior.attrs["detection_limit_log_sd"] = args.detection_limit_log_sd
     idata.to_netcdf(args.out)
     print(fit_report(idata, problem))
     print(f"wrote {args.out}")

@@ -273,6 +273,8 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
         "20",
         "--export",
         str(tmp_path / "shipped"),
+        "--detection-limit-log-sd",  # toma2009 has no detection rows: recorded, no change
+        "0.7",
     ]
     assert main(argv) == 0
     text = capsys.readouterr().out
@@ -303,6 +305,8 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     within = pd.read_csv(tmp_path / "toma.nc.ppc" / "coverage.csv").within.mean()
     assert meta["ppc_draws"] == 10 and meta["ppc_within_90"] == within
     assert meta["state_dir"] == str(tmp_path / "state") and meta["diagnostics"]["draws"] == 20
+    assert meta["detection_limit_log_sd"] == 0.7  # the likelihood the posterior is of
+    assert calfit.problem_of_run(tmp_path / "state").likelihood.detection_limit_log_sd == 0.7
     assert "diverging" in idata.sample_stats
     np.testing.assert_allclose(summary_table(out)["mean"], table["mean"])
     problem = CalibrationProblem(
@@ -343,6 +347,11 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     assert "--hours: only with --state-dir" in capsys.readouterr().err
     assert main(["fit", "--out", str(out), "--study", "toma2009", "--step-size", "0.1"]) == 2
     assert "--step-size: only with --state-dir" in capsys.readouterr().err
+    assert main(["fit", "--out", str(out), "--study", "toma2009", "--share-step-size"]) == 2
+    assert "--share-step-size: only with --state-dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["fit", "--out", str(out), "--study", "toma2009", "--detection-limit-log-sd", "-1"])
+    assert "--detection-limit-log-sd" in capsys.readouterr().err
     assert main(["fit", "--out", str(out), "--study", "toma2009", "--target-accept", "1.5"]) == 2
     assert "--target-accept: must be in (0, 1), got 1.5" in capsys.readouterr().err
     assert main(["fit", "--out", str(out), "--study", "toma2009", "--warm-start", str(out)]) == 2
@@ -358,6 +367,8 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     assert "--metric-laplace: not with --metric-from" in capsys.readouterr().err
     assert main([*argv, "--init-scatter", "1"]) == 2
     assert "--init-scatter: only with --metric-laplace or --metric-from" in capsys.readouterr().err
+    assert main([*argv, "--step-size", "0.1", "--share-step-size"]) == 2
+    assert "--share-step-size: not with --step-size" in capsys.readouterr().err
     assert main([*argv, "--metric-laplace", "--init-scatter", "-1"]) == 2
     assert "--init-scatter: a finite number >= 0, got -1.0" in capsys.readouterr().err
     assert main(["fit", "--out", str(out), "--study", "toma2009", "--metric-laplace"]) == 2
@@ -678,6 +689,34 @@ def test_replay_reproduces_saved_transitions(reduced_data, whole_run):
         replay.replay(0, 20)
     with pytest.raises(ValueError, match="chain"):
         replay.replay(1, 25)
+
+
+def test_share_step_size_gives_every_chain_the_geometric_mean_after_warm_up(reduced_data, tmp_path):
+    """``share_step_size``: the chains adapt their own step sizes in warm-up, then all draw
+    with the geometric mean of them, also when the run was stopped at the end of warm-up
+    and continued in a new call; the setting is part of the run's config."""
+    import pickle
+
+    args = dict(
+        chains=2, chain_method="sequential", warmup=6, draws=6, chunk=6, max_tree_depth=3, progress=False
+    )
+    key = jax.random.PRNGKey(11)
+    run = tmp_path / "run"  # stopped at the end of warm-up (one piece), then continued
+    assert calfit.run_nuts_resumable(reduced_data, key, run, share_step_size=True, hours=1e-9, **args) is None
+    idata = calfit.run_nuts_resumable(reduced_data, key, run, share_step_size=True, **args)
+    assert dict(idata.posterior.sizes) == {"chain": 2, "draw": 6}
+    pieces = [pickle.loads(p.read_bytes()) for p in sorted(run.glob("piece_*.pkl"))]
+    assert [p["phase"] for p in pieces] == ["warmup", "draws"]
+    adapted = np.asarray(pieces[0]["state"].adapt_state.step_size)
+    assert adapted.shape == (2,) and abs(np.log(adapted[0] / adapted[1])) > 1e-3  # they differ
+    shared = np.exp(np.mean(np.log(adapted)))
+    np.testing.assert_allclose(np.asarray(pieces[1]["state"].adapt_state.step_size), [shared] * 2, rtol=1e-15)
+    np.testing.assert_allclose(calfit.run_step_sizes(run), [shared, shared], rtol=1e-15)
+    assert pickle.loads((run / "config.pkl").read_bytes())["share_step_size"] is True
+    with pytest.raises(ValueError, match="other settings \\(share_step_size\\)"):
+        calfit.run_nuts_resumable(reduced_data, key, run, **args)
+    with pytest.raises(TypeError, match="share_step_size: expected a bool, got str 'yes'"):
+        calfit.run_nuts_resumable(reduced_data, key, tmp_path / "x", share_step_size="yes", **args)
 
 
 def test_dense_metric_from_a_pilot_run_is_kept(reduced_data, whole_run, tmp_path):

@@ -179,6 +179,56 @@ def test_censored_statements_have_one_bounded_lapse_term_each(lik, table):
     np.testing.assert_allclose(float(one(fast, obs)), np.log(eps), atol=1e-9)
 
 
+def test_assumed_detection_limits_are_integrated_out_when_uncertain(table):
+    """``detection_limit_log_sd``: a detection row read without the paper's own limit gets
+    P(signal below / above L) with L log-normal around its assay family's assumed limit,
+    integrated over L here by Gauss-Hermite quadrature (not by the likelihood's closed
+    form); rows of one statement then share one lapse as before. Other rows, and every
+    prediction, are unchanged; bad values are rejected naming the argument."""
+    from scipy.stats import norm
+
+    from mscpk.evidence.likelihood import CENSORED_LAPSE
+    from mscpk.observation.parameters import DETECTION_LIMIT_LOG_SD
+
+    sub = table[table.study_id == "eggenhofer2012"].reset_index(drop=True)
+    family = sub.censoring.isin(["below_detection", "above_detection"]) & sub.detection_limit.isna()
+    assert family.sum() >= 10 and (~family).sum() >= 1
+    obs = ObservationParameters.default()
+    kinetic = mscpk.KineticParameters.default()
+    s = DETECTION_LIMIT_LOG_SD
+    known = EvidenceLikelihood(sub, n_size_classes=1)
+    assert known.detection_limit_log_sd == 0.0  # the shipped calibration's model
+    uncertain = EvidenceLikelihood(sub, n_size_classes=1, detection_limit_log_sd=s)
+    a, b = known.terms(kinetic, obs), uncertain.terms(kinetic, obs)
+    np.testing.assert_array_equal(np.asarray(a.predicted), np.asarray(b.predicted))
+    sd = np.asarray(a.sigma)
+    np.testing.assert_allclose(np.asarray(b.sigma), np.where(family, np.hypot(sd, s), sd), rtol=1e-14)
+    np.testing.assert_array_equal(np.asarray(a.log_lik)[~family], np.asarray(b.log_lik)[~family])
+
+    mu = np.log(np.asarray(b.predicted))
+    limit = np.asarray(obs.detection_limit_cells)[np.asarray(uncertain.rows.family)]
+    x, w = np.polynomial.hermite_e.hermegauss(80)  # E over N(0, 1): sum(w f(x)) / sqrt(2 pi)
+    log_limit = np.log(limit)[:, None] + s * x[None, :]
+    below = sub.censoring.eq("below_detection").to_numpy()[:, None]
+    z = np.where(below, log_limit - mu[:, None], mu[:, None] - log_limit) / sd[:, None]
+    log_p = np.log(norm.cdf(z) @ w / np.sqrt(2 * np.pi))
+    got = np.asarray(b.log_lik)
+    groups = {}
+    for i, q in enumerate(sub.quote):
+        if family[i]:
+            groups.setdefault(" ".join(q.split()), []).append(i)
+    assert len(groups) >= 1
+    for members in groups.values():
+        expected = np.log(CENSORED_LAPSE + (1 - CENSORED_LAPSE) * np.exp(np.sum(log_p[members])))
+        np.testing.assert_allclose(np.sum(got[members]), expected, rtol=1e-9, atol=1e-12)
+    # A real change: the uncertain limit softens the statements the defaults break most.
+    assert np.sum(got[family]) > np.sum(np.asarray(a.log_lik)[family]) + 0.3
+
+    for bad, error in ((-0.5, ValueError), (float("nan"), ValueError), ("1.0", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="detection_limit_log_sd"):
+            EvidenceLikelihood(sub, n_size_classes=1, detection_limit_log_sd=bad)
+
+
 @pytest.fixture(scope="module")
 def value_only(lik):
     return jax.jit(lik.function())

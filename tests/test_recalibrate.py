@@ -182,3 +182,27 @@ def test_pipeline_extends_the_final_stage_and_refuses_to_export_what_falls_short
         recalibrate.main(["--root", str(tmp_path / "d"), "--extend", "0"], runner=runs3)
     with pytest.raises(ValueError, match="--hours: expected hours > 0"):
         recalibrate.main(["--root", str(tmp_path / "d"), "--hours", "0"], runner=runs3)
+
+
+def test_pipeline_options_go_to_every_stage_and_stay_with_the_root(tmp_path):
+    """``--share-step-size`` and ``--detection-limit-log-sd``: given to every stage (the
+    export included), recorded, and a root started with other options is refused."""
+    clock = Clock()
+    runs = FakeRuns(clock)
+    root = tmp_path / "cal"
+    opts = ["--share-step-size", "--detection-limit-log-sd", "1.0"]
+    argv = ["--root", str(root), "--export", str(tmp_path / "shipped"), *opts]
+    assert recalibrate.main(argv, runner=runs, clock=clock) == 0
+    assert [Path(c["state-dir"]).name for c in runs.calls] == ["pilot", "pooled", "final", "final"]
+    for c in runs.calls:
+        assert c["share-step-size"] is True and c["detection-limit-log-sd"] == "1.0"
+    assert json.loads((root / "pipeline.json").read_text())["options"] == [
+        "--share-step-size",
+        "--detection-limit-log-sd=1.0",
+    ]
+    plain = recalibrate.stage_args(root, "final", draws=240)
+    assert not any(a.startswith(("--share-step-size", "--detection-limit")) for a in plain)
+    with pytest.raises(ValueError, match="holds a calibration run with the options"):
+        recalibrate.main(["--root", str(root)], runner=runs, clock=clock)
+    with pytest.raises(ValueError, match="--detection-limit-log-sd: expected a finite number >= 0, got -1.0"):
+        recalibrate.main(["--root", str(tmp_path / "d"), "--detection-limit-log-sd", "-1"], runner=runs)

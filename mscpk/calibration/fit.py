@@ -425,6 +425,12 @@ def _run_config(problem, chains, warmup, max_tree_depth, target_accept, key) -> 
         "evidence_rows": int(len(problem.likelihood.table)),
         "censored_lapse": CENSORED_LAPSE,  # the likelihood changed with it (runs before it lack it)
         "lapse_unit": "statement",  # one lapse per quoted statement (session 15; was per row)
+        # Recorded only when not 0, so that runs saved before it existed continue.
+        **(
+            {"detection_limit_log_sd": problem.likelihood.detection_limit_log_sd}
+            if problem.likelihood.detection_limit_log_sd
+            else {}
+        ),
         "key": np.asarray(
             jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
         ).tolist(),
@@ -474,6 +480,7 @@ def run_nuts_resumable(
     adapt_mass_matrix: bool = True,
     init_scatter: float = 0.0,
     step_size: float | None = None,
+    share_step_size: bool = False,
     progress: bool = True,
 ) -> az.InferenceData | None:
     """NUTS as :func:`run_nuts`, saved to ``directory`` as it goes, so that a run longer
@@ -515,6 +522,13 @@ def run_nuts_resumable(
     progress``) makes the chains comparable, at the cost of longer trajectories. It does
     not by itself remove divergences that come from the posterior's shape (session 16,
     ``benchmarks/RESULTS.md``).
+
+    ``share_step_size``: at the end of warm-up, every chain continues with the geometric
+    mean of the step sizes the chains adapted (each chain's own, by default). With a
+    short warm-up, dual averaging leaves them ~2x apart, and the chain with the smallest
+    takes the longest trajectories: as the chains run in parallel, it sets each piece's
+    wall time (``benchmarks/shared_step.py``: 1.32x less wall time over 20 draws per chain
+    of the shipped run, no divergences).
     """
     _check_nuts_args(problem, chains, warmup, draws, max_tree_depth, target_accept)
     metric = _metric(problem.prior_median(), dense_mass, inverse_mass_matrix, adapt_mass_matrix)
@@ -551,6 +565,12 @@ def run_nuts_resumable(
         config["init_scatter"] = float(init_scatter)
     if step_size is not None:
         config["step_size"] = float(step_size)
+    if not isinstance(share_step_size, bool):
+        raise TypeError(
+            f"share_step_size: expected a bool, got {type(share_step_size).__name__} {share_step_size!r}"
+        )
+    if share_step_size:
+        config["share_step_size"] = True
     config_file = directory / "config.pkl"
     if config_file.exists():
         saved = _load(config_file)
@@ -599,6 +619,8 @@ def run_nuts_resumable(
         if done >= warmup + draws:
             break
         n = min(chunk, warmup - done) if done < warmup else min(chunk, warmup + draws - done)
+        if share_step_size and done == warmup and chains > 1:  # the first piece of draws
+            state = shared_step_size(state)
         t0 = time.perf_counter()
         state, samples, extra = run_piece(state, n)
         piece = {
@@ -623,6 +645,15 @@ def run_nuts_resumable(
         if done + n < warmup + draws and hours is not None and time.perf_counter() - t_start > 3600.0 * hours:
             return None
     return _from_pieces(problem, directory, pieces, warmup, draws, method)
+
+
+def shared_step_size(state):
+    """``state`` (an ``HMCState`` batched over chains) with every chain at the geometric
+    mean of the chains' step sizes; after warm-up NumPyro samples with that value."""
+    a = state.adapt_state
+    step = np.asarray(a.step_size)
+    shared = np.full_like(step, np.exp(np.mean(np.log(step.astype(float)))))
+    return state._replace(adapt_state=a._replace(step_size=shared))
 
 
 def set_up_kernel(kernel, warmup: int, z) -> None:
@@ -724,7 +755,7 @@ def _from_pieces(
 def problem_of_run(directory) -> CalibrationProblem:
     """The :class:`CalibrationProblem` of a resumable run saved in ``directory`` (by
     :func:`run_nuts_resumable` or ``mscpk fit --state-dir``), rebuilt from the evidence
-    library as its config records it (studies, hierarchy). A ``ValueError`` if the library
+    library as its config records it (studies, hierarchy, detection-limit SD). A ``ValueError`` if the library
     no longer gives the run's problem (other rows or calibrated parameters), e.g. a run of
     a synthetic problem: pass that problem to :func:`run_progress` instead."""
     from ..evidence import load
@@ -741,7 +772,10 @@ def problem_of_run(directory) -> CalibrationProblem:
         )
     if set(studies) != set(table.study_id):
         table = table[table.study_id.isin(studies)].reset_index(drop=True)
-    problem = CalibrationProblem(EvidenceLikelihood(table), hierarchical=bool(config["hierarchical"]))
+    likelihood = EvidenceLikelihood(
+        table, detection_limit_log_sd=float(config.get("detection_limit_log_sd", 0.0))
+    )
+    problem = CalibrationProblem(likelihood, hierarchical=bool(config["hierarchical"]))
     now = {
         "studies": list(problem.study_ids),
         "evidence_rows": int(len(problem.likelihood.table)),

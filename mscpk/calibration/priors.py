@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..model.parameters import AT_LEAST_ONE, FRACTIONS, KineticParameters, default_table, parameter_names
-from ..observation.parameters import ObservationParameters
+from ..observation.parameters import DETECTION_LIMIT_LOG_SD, ObservationParameters
 
 #: Log-scale SD of the prior by the basis of the default: read in a source (V), derived
 #: by arithmetic from read values (I), assumption (A). ASSUMPTION: a read value is
@@ -32,7 +32,7 @@ LOG_SD = {"V": 0.3, "I": 0.5, "A": 1.0}
 #: ASSUMPTION: spreads of the observation-model priors (log scale).
 OBSERVATION_LOG_SD = {
     "sigma_log": 0.3,
-    "detection_limit_cells": 1.0,
+    "detection_limit_cells": DETECTION_LIMIT_LOG_SD,
     "label_leak_rate_per_h": 0.7,
     "label_residual_loss_rate_per_h": 0.7,
 }

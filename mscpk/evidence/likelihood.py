@@ -165,6 +165,16 @@ class EvidenceLikelihood:
     - ``reduced``: solve each scenario only for the state slots its rows need
       (:func:`needed_slots`; the default). The predictions are those of the full solve
       up to the solver's tolerance, with fewer steps; ``False`` solves every slot.
+    - ``detection_limit_log_sd``: log-scale SD of the detection limit where a "below
+      detection" or "above detection" row uses its assay family's assumed limit (no limit
+      of its own in the paper). The limit is then log-normal around the family's value
+      and integrated out, which widens that row's error SD to
+      ``sqrt(sigma^2 + detection_limit_log_sd^2)`` (exact for one row; rows of one
+      statement are treated as independent, which if anything makes them stricter than
+      one shared limit would). ``0`` (the default, the model of the shipped calibration):
+      the limit is taken as known. :data:`~mscpk.observation.parameters.DETECTION_LIMIT_LOG_SD`
+      is the assumed spread of those limits. Time-until-undetectable rows keep the
+      family's limit as it is (its uncertainty enters their crossing time, not a width).
 
     ``lik(kinetic, observation)`` is the summed log-likelihood (one jitted call);
     :meth:`terms` gives per-row predictions and terms; :attr:`table` the rows used.
@@ -177,11 +187,22 @@ class EvidenceLikelihood:
         n_size_classes: int = 5,
         mechanisms: Mechanisms | None = None,
         reduced: bool = True,
+        detection_limit_log_sd: float = 0.0,
     ):
         from . import load
 
         if not isinstance(reduced, bool):
             raise TypeError(f"reduced: expected a bool, got {type(reduced).__name__} {reduced!r}")
+        if isinstance(detection_limit_log_sd, bool) or not isinstance(detection_limit_log_sd, int | float):
+            raise TypeError(
+                "detection_limit_log_sd: expected a number, got "
+                f"{type(detection_limit_log_sd).__name__} {detection_limit_log_sd!r}"
+            )
+        if not (math.isfinite(detection_limit_log_sd) and detection_limit_log_sd >= 0):
+            raise ValueError(
+                f"detection_limit_log_sd: expected a finite log-scale SD >= 0, got {detection_limit_log_sd!r}"
+            )
+        self.detection_limit_log_sd = float(detection_limit_log_sd)
 
         table = load() if table is None else schema.validate(table)
         if len(table) == 0:
@@ -280,7 +301,10 @@ class EvidenceLikelihood:
             cols["upper"].append(hi)
             dl = _f(row["detection_limit"])
             cols["row_detection"].append(0.0 if dl != dl else dl * factor)
-            cols["extra_sd"].append(_extra_sd(row))
+            extra = _extra_sd(row)
+            if row["censoring"] in ("below_detection", "above_detection") and dl != dl:
+                extra = math.hypot(extra, self.detection_limit_log_sd)  # the family's assumed limit
+            cols["extra_sd"].append(extra)
         cols["lapse_group"], cols["lapse_share"] = _lapse_groups(self.table, cols["term"])
         ints = {
             "scenario",

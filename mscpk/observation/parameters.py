@@ -45,6 +45,14 @@ ISOTOPE_HALF_LIFE_H: dict[str, float] = {
     "cu64": 12.701,
 }
 
+#: Log-scale SD of an assay family's assumed detection limit (:data:`BASIS`,
+#: ``detection_limit_cells``). ASSUMPTION: the defaults are order-of-magnitude figures, known
+#: to within a factor ~2.7 at one SD (a factor ~7 at two); the same spread is the limits'
+#: prior in :mod:`mscpk.calibration.priors`. A "below/above detection" row read without the
+#: paper's own limit can use it in the likelihood
+#: (:class:`~mscpk.evidence.likelihood.EvidenceLikelihood`, ``detection_limit_log_sd``).
+DETECTION_LIMIT_LOG_SD = 1.0
+
 #: Basis of every default (all assumptions until calibrated against the evidence).
 BASIS: dict[str, str] = {
     "sigma_log": (
