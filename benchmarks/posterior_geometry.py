@@ -28,6 +28,11 @@ rest is the prior's and the transforms'.
 ``z``, for each effect; the potential gains ``+log tau`` per centred effect, the log
 Jacobian) and reports the curvature in those coordinates instead, whitened by the
 draws' covariance mapped to them (the centred entries keep their ``z_*`` names).
+
+``--detection-limit-log-sd S`` takes the curvature of another model at the same points:
+the run's evidence with the assay families' assumed detection limits integrated out
+(``EvidenceLikelihood(detection_limit_log_sd=S)``); written to
+``posterior-geometry-dl<S>-<device>.json``.
 """
 
 from __future__ import annotations
@@ -115,9 +120,20 @@ def main(argv=None):
     parser.add_argument("--run", default=str(Path(__file__).parent / "runs" / "statement_masked"))
     parser.add_argument("--centre", action="append", default=[], help="study whose effects are centred")
     parser.add_argument("--h", type=float, default=1e-2, help="difference step, whitened units")
+    parser.add_argument(
+        "--detection-limit-log-sd", type=float, default=None, help="the model with uncertain detection limits"
+    )
     args = parser.parse_args(argv)
     run = Path(args.run)
     problem = fit.problem_of_run(run)
+    if args.detection_limit_log_sd is not None:
+        from mscpk.calibration import CalibrationProblem
+        from mscpk.evidence.likelihood import EvidenceLikelihood
+
+        likelihood = EvidenceLikelihood(
+            problem.likelihood.table, detection_limit_log_sd=args.detection_limit_log_sd
+        )
+        problem = CalibrationProblem(likelihood, hierarchical=problem.hierarchical)
     for s in args.centre:
         if s not in problem.study_ids:
             raise ValueError(f"--centre: {s!r} is not a study of the run; allowed: {list(problem.study_ids)}")
@@ -167,6 +183,7 @@ def main(argv=None):
         "benchmark": "local curvature of the calibration potential at a run's last states",
         "run": str(run),
         "centred_studies": list(args.centre),
+        "detection_limit_log_sd": problem.likelihood.detection_limit_log_sd,
         "dimensions": len(names),
         "draws": len(y_draws),
         "h": args.h,
@@ -211,7 +228,9 @@ def main(argv=None):
             )
         result["points"].append(point)
     result.update(environment())
-    write_result("posterior-geometry" + ("-centred" if pairs else ""), result)
+    dl = args.detection_limit_log_sd
+    name = "posterior-geometry" + ("-centred" if pairs else "") + (f"-dl{dl:g}" if dl is not None else "")
+    write_result(name, result)
 
 
 if __name__ == "__main__":
