@@ -169,9 +169,9 @@ class EvidenceLikelihood:
       detection" or "above detection" row uses its assay family's assumed limit (no limit
       of its own in the paper). The limit is then log-normal around the family's value
       and integrated out, which widens that row's error SD to
-      ``sqrt(sigma^2 + detection_limit_log_sd^2)`` (exact for one row; rows of one
-      statement are treated as independent, which if anything makes them stricter than
-      one shared limit would). ``0`` (the default, the model of the shipped calibration):
+      ``sqrt(sigma^2 + detection_limit_log_sd^2)`` (exact for one row; the rows of one
+      statement are treated as independent, whereas one limit shared by them would
+      correlate them: an approximation). ``0`` (the default, the model of the shipped calibration):
       the limit is taken as known. :data:`~mscpk.observation.parameters.DETECTION_LIMIT_LOG_SD`
       is the assumed spread of those limits. Time-until-undetectable rows keep the
       family's limit as it is (its uncertainty enters their crossing time, not a width).
