@@ -50,10 +50,10 @@ bench-nuts: $(STAMP)
 	test -n "$(POSTERIOR)" || (echo "give POSTERIOR=path.nc" && false)
 	PYTHONPATH=$(CURDIR) $(PY) benchmarks/suite.py --nuts-only --posterior $(POSTERIOR)
 
-# Re-create the shipped calibration end to end (~7 h on 2 cores; resumable: the same command
+# Re-create the shipped calibration end to end (~3 h on 2 cores; resumable: the same command
 # continues it). EXPORT=mscpk/calibration/data replaces the shipped posterior once converged.
-# CAL_ARGS: further options of benchmarks/recalibrate.py (e.g. "--share-step-size
-# --detection-limit-log-sd 1"; they change the model or the sampler: not the shipped fit's).
+# CAL_ARGS: further options of benchmarks/recalibrate.py (e.g. "--own-step-sizes
+# --detection-limit-log-sd 0": the sampler and model of the fit shipped before 2026-12).
 CAL_ROOT ?= calibration-run
 calibrate: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) benchmarks/recalibrate.py --root $(CAL_ROOT) $(if $(HOURS),--hours $(HOURS)) $(if $(EXPORT),--export $(EXPORT)) $(CAL_ARGS)

@@ -5,9 +5,9 @@ Run: ``python benchmarks/recalibrate.py --root DIR [--hours H] [--export mscpk/c
 ``--hours`` or killed, the same command continues where it was (each stage is a resumable
 ``mscpk fit --state-dir`` run, saved in pieces of 10 iterations).
 
-The stages are the runs the shipped posterior came from (``benchmarks/runs/statement_pilot``,
-``statement_pooled``, ``statement_masked``; ``benchmarks/RESULTS.md``, sessions 15-19), each
-a :mod:`benchmarks.calibration` run with its own ``--state-dir`` under ``DIR``:
+The stages are the runs the shipped posterior came from (``benchmarks/runs/recalibrate_v2``:
+``pilot``, ``pooled``, ``final``; ``benchmarks/RESULTS.md``, sessions 31-32), each a
+:mod:`benchmarks.calibration` run with its own ``--state-dir`` under ``DIR``:
 
 1. ``pilot``: MAP (2 starts x 800 Adam steps), a dense Laplace mass matrix at the MAP,
    chains started from draws of that Laplace approximation (``--init-scatter 1``), 19
@@ -19,12 +19,13 @@ a :mod:`benchmarks.calibration` run with its own ``--state-dir`` under ``DIR``:
    raised by ``--extend`` (default 30) until every global parameter has R-hat <= 1.01,
    bulk ESS >= 400 and fewer than 1% divergent draws (or ``--max-draws`` is reached).
 
-Options beyond the shipped fit's, given to every stage (recorded in ``DIR/pipeline.json``;
-continuing a root with other options is refused): ``--share-step-size`` (after warm-up,
-every chain draws with the chains' geometric mean step size; ``mscpk fit``) and
-``--detection-limit-log-sd S`` (the assay families' assumed detection limits integrated
-out with log-SD ``S``; ``DETECTION_LIMIT_LOG_SD`` = 1 is their assumed spread). Both
-change the runs, so a posterior made with them is not the shipped one until exported.
+Every stage uses the shipped fit's model and sampler settings: after warm-up all chains
+share the geometric mean of their adapted step sizes (``mscpk fit --share-step-size``;
+``--own-step-sizes`` keeps each chain's own), and the assay families' assumed detection
+limits are integrated out with log-SD ``--detection-limit-log-sd`` (default
+``DETECTION_LIMIT_LOG_SD`` = 1, their assumed spread; 0 takes them as known, the model of
+the fit shipped before 2026-12, ``benchmarks/runs/statement_*``). The options are
+recorded in ``DIR/pipeline.json``; continuing a root with other options is refused.
 
 The MAP is found once: the later stages get a copy of the pilot's ``map.pkl`` (same
 evidence, seed and MAP settings, so the same optimum). With ``--export DIR`` the final
@@ -47,6 +48,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from mscpk.observation.parameters import DETECTION_LIMIT_LOG_SD  # noqa: E402
 #: Settings every stage shares (those of the runs behind the shipped posterior).
 COMMON = {
     "chains": 4,
@@ -135,15 +138,18 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         "--export", default=None, help="write the converged posterior here (shipped defaults)"
     )
     parser.add_argument(
-        "--share-step-size",
+        "--own-step-sizes",
         action="store_true",
-        help="every stage: one step size for all chains after warm-up",
+        help="every stage: each chain keeps its own adapted step size (default: after warm-up all chains "
+        "share the geometric mean, as in the shipped fit; --share-step-size is accepted and is the default)",
     )
+    parser.add_argument("--share-step-size", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--detection-limit-log-sd",
         type=float,
-        default=0.0,
-        help="every stage: log-SD of the assumed detection limits (default 0: known, as in the shipped fit)",
+        default=DETECTION_LIMIT_LOG_SD,
+        help="every stage: log-SD of the assumed detection limits (default "
+        f"{DETECTION_LIMIT_LOG_SD!r}, as in the shipped fit; 0: known, as in the fits before 2026-12)",
     )
     args = parser.parse_args(argv)
     for name in ("draws", "extend", "max_draws"):
@@ -157,9 +163,10 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         raise ValueError(
             f"--detection-limit-log-sd: expected a finite number >= 0, got {args.detection_limit_log_sd!r}"
         )
-    options = ["--share-step-size"] if args.share_step_size else []
-    if args.detection_limit_log_sd:
-        options.append(f"--detection-limit-log-sd={args.detection_limit_log_sd!r}")
+    if args.own_step_sizes and args.share_step_size:
+        raise ValueError("--own-step-sizes: not with --share-step-size")
+    options = [] if args.own_step_sizes else ["--share-step-size"]
+    options.append(f"--detection-limit-log-sd={float(args.detection_limit_log_sd)!r}")
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     record_path = root / "pipeline.json"

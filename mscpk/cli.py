@@ -15,6 +15,7 @@ import tomllib
 from .dosing.regimen import SITES
 from .host.host import GRAVITY, IMMUNE_STATUS
 from .model.layout import ORGANS
+from .observation.parameters import DETECTION_LIMIT_LOG_SD
 from .physiology.species import SPECIES
 from .product.cell_product import CULTURES, DONORS, PREPARATIONS, presets
 from .routes import IA_TARGETS, ROUTES, VEHICLES
@@ -368,11 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--detection-limit-log-sd",
         type=_nonnegative_float("--detection-limit-log-sd"),
-        default=0.0,
+        default=DETECTION_LIMIT_LOG_SD,
         help="log-scale SD of the assay families' assumed detection limits, integrated out of the "
-        "'below/above detection' rows that have no limit of their own (default 0: taken as known, the "
-        "model of the shipped calibration; mscpk.observation.parameters.DETECTION_LIMIT_LOG_SD = 1 is "
-        "the assumed spread)",
+        "'below/above detection' rows that have no limit of their own (default: "
+        "mscpk.observation.parameters.DETECTION_LIMIT_LOG_SD = 1, their assumed spread, the model of the "
+        "shipped calibration; 0: taken as known, the model of the fits shipped before 2026-12)",
     )
     fit.add_argument(
         "--ppc-draws",
@@ -537,8 +538,7 @@ def cmd_fit(args) -> int:
     for name in ("state_dir", "warm_start", "metric_from", "metric_since"):
         if getattr(args, name) is not None:
             idata.posterior.attrs[name] = str(getattr(args, name))
-    if args.detection_limit_log_sd:  # the likelihood the posterior is of (0: the default)
-        idata.posterior.attrs["detection_limit_log_sd"] = args.detection_limit_log_sd
+    idata.posterior.attrs["detection_limit_log_sd"] = args.detection_limit_log_sd  # the likelihood it is of
     idata.to_netcdf(args.out)
     print(fit_report(idata, problem))
     print(f"wrote {args.out}")

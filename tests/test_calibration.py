@@ -1,5 +1,6 @@
 """Calibration: registry, NumPyro model with study effects, MAP, NUTS, checks, CLI."""
 
+import inspect
 import os
 import re
 import sys
@@ -21,7 +22,7 @@ from mscpk.evidence import load
 from mscpk.evidence.likelihood import EvidenceLikelihood
 from mscpk.evidence.scenarios import StudyEffects
 from mscpk.evidence.schema import ASSAY_FAMILY
-from mscpk.observation.parameters import ObservationParameters
+from mscpk.observation.parameters import DETECTION_LIMIT_LOG_SD, ObservationParameters
 
 
 @pytest.fixture(scope="module")
@@ -521,6 +522,9 @@ def test_shipped_posterior_is_a_converged_fit_and_the_default(shipped_posterior,
     d = meta["diagnostics"]
     assert d["max_r_hat"] <= 1.01 and d["min_ess_bulk"] >= 400 and d["divergence_fraction"] < 0.01, d
     assert meta["ppc_within_90"] >= 0.8 and meta["evidence_rows"] == len(load())
+    # A fit of the likelihood that the package, `mscpk fit` and `make calibrate` use by default.
+    default_sd = inspect.signature(EvidenceLikelihood).parameters["detection_limit_log_sd"].default
+    assert meta["detection_limit_log_sd"] == default_sd == DETECTION_LIMIT_LOG_SD
 
     base = mscpk.KineticParameters.default()
     k = mscpk.build_model("mouse").parameters

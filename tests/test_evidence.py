@@ -196,9 +196,9 @@ def test_assumed_detection_limits_are_integrated_out_when_uncertain(table):
     obs = ObservationParameters.default()
     kinetic = mscpk.KineticParameters.default()
     s = DETECTION_LIMIT_LOG_SD
-    known = EvidenceLikelihood(sub, n_size_classes=1)
-    assert known.detection_limit_log_sd == 0.0  # the shipped calibration's model
-    uncertain = EvidenceLikelihood(sub, n_size_classes=1, detection_limit_log_sd=s)
+    known = EvidenceLikelihood(sub, n_size_classes=1, detection_limit_log_sd=0)
+    uncertain = EvidenceLikelihood(sub, n_size_classes=1)
+    assert uncertain.detection_limit_log_sd == s == 1.0  # the default: the shipped calibration's model
     a, b = known.terms(kinetic, obs), uncertain.terms(kinetic, obs)
     np.testing.assert_array_equal(np.asarray(a.predicted), np.asarray(b.predicted))
     sd = np.asarray(a.sigma)

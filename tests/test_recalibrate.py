@@ -38,13 +38,17 @@ def test_stages_are_the_runs_behind_the_shipped_posterior(tmp_path):
     from mscpk.calibration import defaults
     from mscpk.calibration import fit as calfit
 
-    (tmp_path / "pilot").symlink_to(RUNS / "statement_pilot")
-    (tmp_path / "pooled").symlink_to(RUNS / "statement_pooled")
-    problem = calfit.problem_of_run(RUNS / "statement_masked")
-    recorded = {"pilot": "statement_pilot", "pooled": "statement_pooled", "final": "statement_masked"}
-    for stage, run in recorded.items():
-        opts = _options(recalibrate.stage_args(tmp_path, stage, draws=240))
-        config = pickle.loads((RUNS / run / "config.pkl").read_bytes())
+    shipped = RUNS / "recalibrate_v2"
+    (tmp_path / "pilot").symlink_to(shipped / "pilot")
+    (tmp_path / "pooled").symlink_to(shipped / "pooled")
+    problem = calfit.problem_of_run(shipped / "final")
+    # The options every stage of the shipped fit got (recalibrate's defaults).
+    options = json.loads((shipped / "pipeline.json").read_text())["options"]
+    assert options == ["--share-step-size", "--detection-limit-log-sd=1.0"]
+    for stage in ("pilot", "pooled", "final"):
+        opts = _options(recalibrate.stage_args(tmp_path, stage, draws=240, options=options))
+        config = pickle.loads((shipped / stage / "config.pkl").read_bytes())
+        assert config["share_step_size"] is True and config["detection_limit_log_sd"] == 1.0
         assert int(opts["chains"]) == config["chains"] and int(opts["warmup"]) == config["warmup"]
         assert int(opts["max-tree-depth"]) == config["max_tree_depth"]
         assert float(opts["target-accept"]) == config["target_accept"]
@@ -63,7 +67,7 @@ def test_stages_are_the_runs_behind_the_shipped_posterior(tmp_path):
         # rounding, since BLAS sums in an order that depends on the CPU (this gave the same
         # bits on the machine that ran the fit, and differs in the last bit of 128 of the
         # 2,500 entries on another).
-        used = np.load(RUNS / run / "metric.npy")
+        used = np.load(shipped / stage / "metric.npy")
         assert (
             hashlib.sha256(np.ascontiguousarray(used).tobytes()).hexdigest()
             == config["inverse_mass_matrix_sha256"]
@@ -75,8 +79,9 @@ def test_stages_are_the_runs_behind_the_shipped_posterior(tmp_path):
         else None
     )
     if meta is not None:  # the shipped fit records where it started (mscpk fit --export)
-        assert meta["warm_start"].endswith("statement_pooled/piece_0007.pkl")
-        assert meta["metric_from"].endswith("statement_pooled") and meta["metric_since"] == "19"
+        assert meta["warm_start"].endswith("recalibrate_v2/pooled/piece_0007.pkl")
+        assert meta["metric_from"].endswith("recalibrate_v2/pooled") and meta["metric_since"] == "19"
+        assert meta["detection_limit_log_sd"] == 1.0
     with pytest.raises(ValueError, match="unknown stage"):
         recalibrate.stage_args(tmp_path, "extra")
     with pytest.raises(ValueError, match="draws: the final stage"):
@@ -185,24 +190,41 @@ def test_pipeline_extends_the_final_stage_and_refuses_to_export_what_falls_short
 
 
 def test_pipeline_options_go_to_every_stage_and_stay_with_the_root(tmp_path):
-    """``--share-step-size`` and ``--detection-limit-log-sd``: given to every stage (the
-    export included), recorded, and a root started with other options is refused."""
+    """The shipped fit's options by default (one shared step size after warm-up, the
+    assumed detection limits integrated out with log-SD ``DETECTION_LIMIT_LOG_SD``):
+    given to every stage (the export included) and recorded; ``--own-step-sizes`` and
+    ``--detection-limit-log-sd 0`` give the earlier fit's; a root started with other
+    options is refused."""
+    from mscpk.observation.parameters import DETECTION_LIMIT_LOG_SD
+
     clock = Clock()
     runs = FakeRuns(clock)
     root = tmp_path / "cal"
-    opts = ["--share-step-size", "--detection-limit-log-sd", "1.0"]
-    argv = ["--root", str(root), "--export", str(tmp_path / "shipped"), *opts]
-    assert recalibrate.main(argv, runner=runs, clock=clock) == 0
+    assert recalibrate.main(["--root", str(root), "--export", str(tmp_path / "shipped")], runner=runs, clock=clock) == 0
     assert [Path(c["state-dir"]).name for c in runs.calls] == ["pilot", "pooled", "final", "final"]
     for c in runs.calls:
-        assert c["share-step-size"] is True and c["detection-limit-log-sd"] == "1.0"
+        assert c["share-step-size"] is True and float(c["detection-limit-log-sd"]) == DETECTION_LIMIT_LOG_SD == 1.0
     assert json.loads((root / "pipeline.json").read_text())["options"] == [
         "--share-step-size",
         "--detection-limit-log-sd=1.0",
     ]
+    # The explicit spelling of the defaults is the same run: it continues this root.
+    n = len(runs.calls)
+    same = ["--root", str(root), "--share-step-size", "--detection-limit-log-sd", "1"]
+    assert recalibrate.main(same, runner=runs, clock=clock) == 0 and len(runs.calls) == n + 1
     plain = recalibrate.stage_args(root, "final", draws=240)
     assert not any(a.startswith(("--share-step-size", "--detection-limit")) for a in plain)
     with pytest.raises(ValueError, match="holds a calibration run with the options"):
-        recalibrate.main(["--root", str(root)], runner=runs, clock=clock)
+        recalibrate.main(["--root", str(root), "--own-step-sizes"], runner=runs, clock=clock)
+    # The fit shipped before 2026-12: each chain's own step size, known detection limits.
+    earlier = tmp_path / "earlier"
+    runs2 = FakeRuns(clock)
+    argv = ["--root", str(earlier), "--own-step-sizes", "--detection-limit-log-sd", "0"]
+    assert recalibrate.main(argv, runner=runs2, clock=clock) == 0
+    for c in runs2.calls:
+        assert "share-step-size" not in c and c["detection-limit-log-sd"] == "0.0"
+    assert json.loads((earlier / "pipeline.json").read_text())["options"] == ["--detection-limit-log-sd=0.0"]
+    with pytest.raises(ValueError, match="--own-step-sizes: not with --share-step-size"):
+        recalibrate.main(["--root", str(tmp_path / "d"), "--own-step-sizes", "--share-step-size"], runner=runs)
     with pytest.raises(ValueError, match="--detection-limit-log-sd: expected a finite number >= 0, got -1.0"):
         recalibrate.main(["--root", str(tmp_path / "d"), "--detection-limit-log-sd", "-1"], runner=runs)

@@ -49,7 +49,12 @@ from ..mechanisms.switches import Mechanisms
 from ..model.model import Model
 from ..model.parameters import KineticParameters
 from ..observation.assays import OUTPUT_ORGANS, DonorDNA, Radiolabel, ViableCells
-from ..observation.parameters import ASSAY_FAMILIES, ISOTOPE_HALF_LIFE_H, ObservationParameters
+from ..observation.parameters import (
+    ASSAY_FAMILIES,
+    DETECTION_LIMIT_LOG_SD,
+    ISOTOPE_HALF_LIFE_H,
+    ObservationParameters,
+)
 from ..solve.segments import SolverConfig, closure, dependence, solve
 from . import schema
 from .scenarios import Scenario, ScenarioBatch, StudyEffects, build_batch, scenarios_of
@@ -171,9 +176,10 @@ class EvidenceLikelihood:
       and integrated out, which widens that row's error SD to
       ``sqrt(sigma^2 + detection_limit_log_sd^2)`` (exact for one row; the rows of one
       statement are treated as independent, whereas one limit shared by them would
-      correlate them: an approximation). ``0`` (the default, the model of the shipped calibration):
-      the limit is taken as known. :data:`~mscpk.observation.parameters.DETECTION_LIMIT_LOG_SD`
-      is the assumed spread of those limits. Time-until-undetectable rows keep the
+      correlate them: an approximation). The default,
+      :data:`~mscpk.observation.parameters.DETECTION_LIMIT_LOG_SD` (1, the limits' assumed
+      spread), is the model of the shipped calibration; ``0`` takes the limit as known (the
+      model of the fits shipped before 2026-12). Time-until-undetectable rows keep the
       family's limit as it is (its uncertainty enters their crossing time, not a width).
 
     ``lik(kinetic, observation)`` is the summed log-likelihood (one jitted call);
@@ -187,7 +193,7 @@ class EvidenceLikelihood:
         n_size_classes: int = 5,
         mechanisms: Mechanisms | None = None,
         reduced: bool = True,
-        detection_limit_log_sd: float = 0.0,
+        detection_limit_log_sd: float = DETECTION_LIMIT_LOG_SD,
     ):
         from . import load
 
