@@ -123,6 +123,22 @@ def _ppc_within(stage_dir: Path) -> float:
     return float(pd.read_csv(stage_dir / "posterior.nc.ppc" / "coverage.csv")["within"].mean())
 
 
+def record_pipeline(export_dir, record: dict) -> None:
+    """Adds the whole calibration's wall time (every stage, this machine's share) and its
+    options to the exported posterior's metadata, beside the final stage's own seconds."""
+    from mscpk.calibration.defaults import META_FILE
+
+    path = Path(export_dir) / META_FILE
+    meta = json.loads(path.read_text())
+    meta["pipeline"] = {
+        "stages_wall_s": {name: stage["wall_s"] for name, stage in record["stages"].items()},
+        "total_wall_s": sum(stage["wall_s"] for stage in record["stages"].values()),
+        "options": record["options"],
+        "final_draws": record["final_draws"],
+    }
+    path.write_text(json.dumps(meta, indent=2) + "\n")
+
+
 def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -234,6 +250,7 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
             print(f"not exported: {record['ppc_within_90']:.0%} of rows within their 90% interval (< 80%)")
             return 1
         runner(stage_args(root, "final", draws, options) + [f"--export={args.export}"])
+        record_pipeline(args.export, record)
         print(f"exported to {args.export}")
     return 0
 

@@ -100,6 +100,9 @@ class FakeRuns:
     def __call__(self, argv):
         opts = _options(argv)
         self.calls.append(opts)
+        if "export" in opts:  # the shipped files; here only the metadata the pipeline adds to
+            Path(opts["export"]).mkdir(parents=True, exist_ok=True)
+            (Path(opts["export"]) / "posterior_meta.json").write_text(json.dumps({"seconds": 1.0}))
         d = Path(opts["state-dir"])
         d.mkdir(parents=True, exist_ok=True)
         if not (d / "map.pkl").exists():
@@ -154,6 +157,12 @@ def test_pipeline_resumes_extends_until_converged_and_exports_only_then(tmp_path
     assert record["stages"]["pilot"]["finished"] and record["stages"]["pooled"]["finished"]
     assert record["stages"]["pilot"]["wall_s"] == pytest.approx(600.0)  # 3 + 3 pieces of 100 s
     assert record["final_draws"] == 240 and record["ppc_within_90"] == pytest.approx(0.9)
+    # The export's metadata carries the whole calibration's wall time beside its own.
+    meta = json.loads((out / "posterior_meta.json").read_text())
+    assert meta["seconds"] == 1.0 and meta["pipeline"]["final_draws"] == 240
+    walls = {k: v["wall_s"] for k, v in record["stages"].items()}
+    assert meta["pipeline"]["stages_wall_s"] == walls and meta["pipeline"]["total_wall_s"] == sum(walls.values())
+    assert meta["pipeline"]["options"] == record["options"]
     # Finished stages are not run again.
     n = len(runs.calls)
     assert recalibrate.main(["--root", str(root)], runner=runs, clock=clock) == 0
