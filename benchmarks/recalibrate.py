@@ -47,9 +47,9 @@ import sys
 import time
 from pathlib import Path
 
+from mscpk.observation.parameters import DETECTION_LIMIT_LOG_SD
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-from mscpk.observation.parameters import DETECTION_LIMIT_LOG_SD  # noqa: E402
 #: Settings every stage shares (those of the runs behind the shipped posterior).
 COMMON = {
     "chains": 4,

@@ -161,7 +161,9 @@ def test_pipeline_resumes_extends_until_converged_and_exports_only_then(tmp_path
     meta = json.loads((out / "posterior_meta.json").read_text())
     assert meta["seconds"] == 1.0 and meta["pipeline"]["final_draws"] == 240
     walls = {k: v["wall_s"] for k, v in record["stages"].items()}
-    assert meta["pipeline"]["stages_wall_s"] == walls and meta["pipeline"]["total_wall_s"] == sum(walls.values())
+    assert meta["pipeline"]["stages_wall_s"] == walls and meta["pipeline"]["total_wall_s"] == sum(
+        walls.values()
+    )
     assert meta["pipeline"]["options"] == record["options"]
     # Finished stages are not run again.
     n = len(runs.calls)
@@ -209,10 +211,18 @@ def test_pipeline_options_go_to_every_stage_and_stay_with_the_root(tmp_path):
     clock = Clock()
     runs = FakeRuns(clock)
     root = tmp_path / "cal"
-    assert recalibrate.main(["--root", str(root), "--export", str(tmp_path / "shipped")], runner=runs, clock=clock) == 0
+    assert (
+        recalibrate.main(
+            ["--root", str(root), "--export", str(tmp_path / "shipped")], runner=runs, clock=clock
+        )
+        == 0
+    )
     assert [Path(c["state-dir"]).name for c in runs.calls] == ["pilot", "pooled", "final", "final"]
     for c in runs.calls:
-        assert c["share-step-size"] is True and float(c["detection-limit-log-sd"]) == DETECTION_LIMIT_LOG_SD == 1.0
+        assert (
+            c["share-step-size"] is True
+            and float(c["detection-limit-log-sd"]) == DETECTION_LIMIT_LOG_SD == 1.0
+        )
     assert json.loads((root / "pipeline.json").read_text())["options"] == [
         "--share-step-size",
         "--detection-limit-log-sd=1.0",
@@ -234,6 +244,8 @@ def test_pipeline_options_go_to_every_stage_and_stay_with_the_root(tmp_path):
         assert "share-step-size" not in c and c["detection-limit-log-sd"] == "0.0"
     assert json.loads((earlier / "pipeline.json").read_text())["options"] == ["--detection-limit-log-sd=0.0"]
     with pytest.raises(ValueError, match="--own-step-sizes: not with --share-step-size"):
-        recalibrate.main(["--root", str(tmp_path / "d"), "--own-step-sizes", "--share-step-size"], runner=runs)
+        recalibrate.main(
+            ["--root", str(tmp_path / "d"), "--own-step-sizes", "--share-step-size"], runner=runs
+        )
     with pytest.raises(ValueError, match="--detection-limit-log-sd: expected a finite number >= 0, got -1.0"):
         recalibrate.main(["--root", str(tmp_path / "d"), "--detection-limit-log-sd", "-1"], runner=runs)
