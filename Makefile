@@ -9,7 +9,7 @@ export MPLBACKEND ?= Agg
 # otherwise embed host callbacks, which the cache refuses); see README "Compilation cache".
 export EQX_ON_ERROR ?= nan
 
-.PHONY: install demo test test-all lint clean bench bench-gpu bench-nuts calibrate
+.PHONY: install demo test test-all lint clean bench bench-gpu bench-nuts bench-versions calibrate
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,16 +34,24 @@ test-all: $(STAMP)
 # gradient, compile, expm and, under BENCH_OTHER_PY (default: a second venv with the newest
 # jax, created here), the cross-version key figures. Writes benchmarks/results/latest.json.
 # POSTERIOR=path.nc adds nuts_s_per_ess from a finished calibration.
+# jax >= 0.11 needs Python >= 3.12: the newest stack is installed under the first Python
+# >= 3.12 found (on PATH, or a pyenv version), else under $(PYTHON) (jax 0.10.2 on 3.11).
 VENV_LATEST ?= .venv-jax-latest
+PYTHON_LATEST ?= $(shell for p in python3.12 python3.13 python3.14 $$(ls -d $$HOME/.pyenv/versions/3.1[2-9]*/bin/python3 2>/dev/null); do $$p -c 'import sys; assert sys.version_info >= (3, 12)' >/dev/null 2>&1 && { command -v $$p; exit; }; done; echo $(PYTHON))
 BENCH_OTHER_PY ?= $(VENV_LATEST)/bin/python
 $(VENV_LATEST)/.installed-stamp: pyproject.toml
-	test -x $(VENV_LATEST)/bin/python || $(PYTHON) -m venv $(VENV_LATEST)
+	test -x $(VENV_LATEST)/bin/python || $(PYTHON_LATEST) -m venv $(VENV_LATEST)
 	$(VENV_LATEST)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV_LATEST)/bin/python -m pip install --quiet --upgrade -e ".[dev]"
 	touch $@
 
 bench: $(STAMP) $(if $(filter $(VENV_LATEST)/bin/python,$(BENCH_OTHER_PY)),$(VENV_LATEST)/.installed-stamp)
 	PYTHONPATH=$(CURDIR) $(PY) benchmarks/suite.py --other-python $(BENCH_OTHER_PY) $(if $(POSTERIOR),--posterior $(POSTERIOR))
+
+# Only jax_versions (the key figures under the pinned jax, then under BENCH_OTHER_PY's),
+# written into the existing latest.json (~25 min on 2 cores, 2026-12-06).
+bench-versions: $(STAMP) $(if $(filter $(VENV_LATEST)/bin/python,$(BENCH_OTHER_PY)),$(VENV_LATEST)/.installed-stamp)
+	PYTHONPATH=$(CURDIR) $(PY) benchmarks/suite.py --versions-only --other-python $(BENCH_OTHER_PY)
 
 # Only nuts_s_per_ess of a finished calibration, written into the existing latest.json.
 bench-nuts: $(STAMP)

@@ -33,7 +33,8 @@ posterior is written there (the package's shipped defaults) only if it meets tho
 diagnostics and >= 80% of the evidence rows lie inside their 90% predictive interval.
 ``DIR/pipeline.json`` records each stage's wall time and the final diagnostics.
 
-Measured for the shipped fit on a 2-core CPU: ~7 h in all (RESULTS.md); the issue aimed
+Measured for the shipped fit on a 2-core CPU: 10,434 s (2.9 h) in all, 240 final draws per
+chain (``recalibrate_v2``; the fit shipped before took 7.1 h; RESULTS.md); the issue aimed
 for 30 minutes.
 """
 

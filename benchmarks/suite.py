@@ -30,6 +30,9 @@ Keys (each measured in this one run; ratios side by side):
   the slowest global parameter, read from a finished calibration (``--posterior``).
 - ``jax_versions``: with ``--other-python PY`` the key figures are measured again under
   that interpreter's jax (``--key-figures`` mode) and both sets are stored.
+  ``--versions-only --other-python PY`` (``make bench-versions``) measures only these, in
+  this interpreter and then in ``PY``, one after the other, and replaces ``jax_versions``
+  in an existing ``--out`` (the other keys keep their figures and dates).
 
 Usage: ``python benchmarks/suite.py [--subjects 10000 --scaling 1 100 10000 100000]``.
 """
@@ -316,6 +319,49 @@ def key_figures(args) -> dict:
     }
 
 
+def _other_key_figures(args) -> dict:
+    """:func:`key_figures` under ``args.other_python`` (a fresh process of that interpreter)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        other_out = Path(tmp) / "other.json"
+        cmd = [args.other_python, __file__, "--key-figures", "--out", str(other_out)]
+        cmd += ["--subjects", str(args.subjects)]
+        cmd += ["--chunk", str(args.chunk)] if args.chunk else []
+        cmd += ["--expm-subjects", str(args.expm_subjects)]
+        subprocess.run(cmd, check=True, env=_subprocess_env())
+        return json.loads(other_out.read_text())
+
+
+def _versions_table(versions: dict) -> None:
+    """The key figures side by side, one column per JAX version."""
+    rows = [
+        ("population subjects/s", lambda f: f["population"]["subjects_per_s"]),
+        ("potential value s", lambda f: f["grad"]["reverse"]["value_s"]),
+        ("value + gradient s (reverse)", lambda f: f["grad"]["reverse"]["value_and_grad_s"]),
+        ("grad_over_value (reverse)", lambda f: f["grad"]["reverse"]["grad_over_value"]),
+        ("jacfwd s (forward)", lambda f: f["grad"]["forward"]["value_and_grad_s"]),
+        (
+            "simulate() cold / warm s",
+            lambda f: (f["compile"]["simulate"]["cold_s"], f["compile"]["simulate"]["warm_s"]),
+        ),
+        ("solver_over_expm", lambda f: f["expm"]["solver_over_expm"]),
+    ]
+    names = list(versions)
+    print(f"{'jax':32s}" + "".join(f"{n:>24s}" for n in names))
+    for label, get in rows:
+        cells = []
+        for n in names:
+            try:
+                v = get(versions[n])
+            except (KeyError, TypeError):
+                v = None
+            cells.append(
+                "-"
+                if v is None
+                else (" / ".join(f"{x:.4g}" for x in v) if isinstance(v, tuple) else f"{v:.4g}")
+            )
+        print(f"{label:32s}" + "".join(f"{c:>24s}" for c in cells))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -345,8 +391,32 @@ def main(argv=None):
         help="with --posterior: only replace nuts_s_per_ess in an existing --out (the other "
         "sections keep their figures and their sections_measured dates)",
     )
+    parser.add_argument(
+        "--versions-only",
+        action="store_true",
+        help="with --other-python: only replace jax_versions in an existing --out (the key figures "
+        "under this interpreter's jax and then under the other's)",
+    )
     parser.add_argument("--out", default=str(HERE / "results" / "latest.json"))
     args = parser.parse_args(argv)
+    if args.versions_only:
+        if not args.other_python:
+            parser.error("--versions-only: needs --other-python")
+        out = Path(args.out)
+        if not out.exists():
+            parser.error(f"--versions-only: {out} does not exist (run the whole suite first)")
+        result = json.loads(out.read_text())
+        this = key_figures(args)
+        other = _other_key_figures(args)
+        result["jax_versions"] = {this["versions"]["jax"]: this, other["versions"]["jax"]: other}
+        result.setdefault("sections_measured", {})["jax_versions"] = {
+            "at": time.strftime("%Y-%m-%d %H:%M"),
+            "eqx_on_error": os.environ.get("EQX_ON_ERROR", "raise"),
+        }
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        _versions_table(result["jax_versions"])
+        print(f"wrote {out}")
+        return
     if args.nuts_only:
         if not args.posterior:
             parser.error("--nuts-only: needs --posterior")
@@ -446,18 +516,7 @@ def main(argv=None):
         result["nuts_s_per_ess"] = None
         result["nuts"] = {"reason": "no finished calibration given (--posterior)"}
     if args.other_python:
-
-        def other_figures():
-            with tempfile.TemporaryDirectory() as tmp:
-                other_out = Path(tmp) / "other.json"
-                cmd = [args.other_python, __file__, "--key-figures", "--out", str(other_out)]
-                cmd += ["--subjects", str(args.subjects)]
-                cmd += ["--chunk", str(args.chunk)] if args.chunk else []
-                cmd += ["--expm-subjects", str(args.expm_subjects)]
-                subprocess.run(cmd, check=True, env=_subprocess_env())
-                return json.loads(other_out.read_text())
-
-        other = section("other_jax", other_figures)
+        other = section("other_jax", lambda: _other_key_figures(args))
         this = {
             "population": at_n,
             "grad": grad,

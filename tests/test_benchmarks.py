@@ -132,6 +132,57 @@ def test_nuts_seconds_per_ess(tmp_path):
     assert set(got["sections_measured"]) == {"scipy", "nuts"} and got["nuts"]["posterior"] == str(path)
 
 
+def test_versions_only_replaces_jax_versions(tmp_path, monkeypatch, capsys):
+    """``--versions-only`` (``make bench-versions``) needs ``--other-python`` and an existing
+    results file, and replaces only ``jax_versions`` (keyed by each stack's jax version)
+    and its ``sections_measured`` entry. The measurements are stubbed: only the plumbing is
+    checked here, the figures are ``key_figures``' own."""
+    import json
+
+    import suite
+
+    def figures(jax_version, value_s):
+        return {
+            "population": {"subjects_per_s": 200.0},
+            "grad": {
+                "reverse": {"value_s": value_s, "value_and_grad_s": 0.2, "grad_over_value": 0.2 / value_s},
+                "forward": {"value_and_grad_s": 2.0},
+            },
+            "compile": {"simulate": {"cold_s": 3.0, "warm_s": 1.5}},
+            "expm": {"solver_over_expm": 0.25},
+            "versions": {"jax": jax_version},
+        }
+
+    calls = []
+    monkeypatch.setattr(suite, "key_figures", lambda args: calls.append("this") or figures("0.4.31", 0.02))
+    monkeypatch.setattr(
+        suite,
+        "_other_key_figures",
+        lambda args: calls.append(args.other_python) or figures("0.12.0.1", 0.016),
+    )
+    latest = tmp_path / "latest.json"
+    with pytest.raises(SystemExit):
+        suite.main(["--versions-only", "--out", str(latest), "--other-python", "py"])  # no file yet
+    earlier = {
+        "speedup_vs_scipy_lsoda": 110.1,
+        "jax_versions": {"0.10.2": {}},
+        "sections_measured": {"scipy": {}},
+    }
+    latest.write_text(json.dumps(earlier))
+    with pytest.raises(SystemExit):
+        suite.main(["--versions-only", "--out", str(latest)])  # no --other-python
+    assert "--versions-only: needs --other-python" in capsys.readouterr().err
+    assert calls == []
+    suite.main(["--versions-only", "--out", str(latest), "--other-python", "py"])
+    assert calls == ["this", "py"]
+    got = json.loads(latest.read_text())
+    assert set(got["jax_versions"]) == {"0.4.31", "0.12.0.1"} and got["speedup_vs_scipy_lsoda"] == 110.1
+    assert got["jax_versions"]["0.12.0.1"]["grad"]["reverse"]["value_s"] == 0.016
+    assert set(got["sections_measured"]) == {"scipy", "jax_versions"}
+    table = capsys.readouterr().out
+    assert "0.12.0.1" in table and "grad_over_value (reverse)" in table and "12.5" in table
+
+
 def test_nuts_seconds_per_ess_of_a_resumable_run_so_far():
     """A resumable run's directory gives its draws so far: here the committed pilot run of
     session 15 (4 chains, 60 draws each; its seconds are the initial state's and the
