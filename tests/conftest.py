@@ -123,9 +123,11 @@ LONG_TESTS = (
     "test_resumable_nuts_continues_where_it_stopped",
     "test_dense_metric_from_a_pilot_run_is_kept",
     # With the two above, the users of the module fixture `whole_run` (~30 s to build):
-    # next to each other at the front, one worker builds it once for all four.
+    # next to each other at the front, one worker builds it once for all five (without
+    # the last one here, a second worker built it again: a 36 s setup, 2026-12-06).
     "test_replay_reproduces_saved_transitions",
     "test_run_progress_reads_a_saved_run",
+    "test_run_nuts_gives_the_resumable_runs_draws",
     "test_laplace_metric_is_the_inverse_hessian_and_scatters_the_starts",
     "test_notebook_executes[02_mechanisms.ipynb]",
     "test_likelihood_and_gradient_finite_match_finite_differences_and_prior_draws",
