@@ -37,7 +37,6 @@ import numpy as np  # noqa: E402
 from _common import environment, write_result  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 from numpyro.infer import NUTS  # noqa: E402
-from numpyro.infer.hmc import HMCState  # noqa: E402
 
 from mscpk.calibration import fit  # noqa: E402
 from mscpk.calibration.divergences import RunReplay  # noqa: E402
@@ -64,7 +63,6 @@ def main(argv=None):
         for s, j in enumerate(np.linspace(0, draws - 1, args.starts))
     ]
     potential = replay._potential
-    value_and_grad = jax.jit(jax.value_and_grad(potential))
     kernel = NUTS(
         potential_fn=potential,
         dense_mass=bool(replay.config.get("dense_mass", False)),
@@ -75,25 +73,7 @@ def main(argv=None):
     sample = jax.pmap(lambda s: kernel.sample(s, (), {}))
 
     def state(chain, iteration, factor):
-        z = replay.unconstrained(chain, iteration - 1)
-        pe, grad = value_and_grad(z)
-        adapt = replay._chain(replay.final_state.adapt_state, chain)
-        adapt = adapt._replace(step_size=np.asarray(step * factor))
-        return HMCState(
-            i=jnp.asarray(iteration),
-            z=z,
-            z_grad=grad,
-            potential_energy=pe,
-            energy=pe,
-            r=None,
-            trajectory_length=jnp.asarray(0.0),
-            num_steps=jnp.asarray(0),
-            accept_prob=jnp.asarray(0.0),
-            mean_accept_prob=jnp.asarray(0.0),
-            diverging=jnp.asarray(False),
-            adapt_state=jax.tree.map(jnp.asarray, adapt),
-            rng_key=replay.key(chain, iteration),
-        )
+        return replay.start_state(chain, iteration, step_size=step * factor)
 
     jobs = [(c, i, f) for f in args.factors for c, i in picks]
     rows = []

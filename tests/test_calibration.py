@@ -664,6 +664,8 @@ def test_replay_reproduces_saved_transitions(reduced_data, whole_run):
     are consistent; bad chains and iterations are refused."""
     import pickle
 
+    from jax.flatten_util import ravel_pytree
+
     from mscpk.calibration.divergences import RunReplay, cause
 
     directory, idata = whole_run
@@ -678,6 +680,13 @@ def test_replay_reproduces_saved_transitions(reduced_data, whole_run):
         assert t.positions.shape == (steps[i - 20], t.start.size)
         assert t.trajectory.finite.all() and cause(t) == "did not diverge in the replay"
         assert t.divergent_step is None and not t.diverged
+    # The start of a transition, also at another step size (benchmarks/step_size_probe.py).
+    other = replay.start_state(0, 30, step_size=0.5)
+    assert float(other.adapt_state.step_size) == 0.5 and int(other.i) == 30
+    np.testing.assert_array_equal(ravel_pytree(other.z)[0], ravel_pytree(replay.unconstrained(0, 29))[0])
+    np.testing.assert_array_equal(np.asarray(other.rng_key), np.asarray(replay.key(0, 30)))
+    own = replay.start_state(0, 30).adapt_state.step_size
+    assert float(own) == float(np.asarray(last.adapt_state.step_size).ravel()[0]) != 0.5
     terms = replay.terms(t.start)
     z = replay.unconstrained(0, i - 1)
     total = float(terms.drop("solve_ok").sum())

@@ -178,20 +178,16 @@ class RunReplay:
         return [(int(a), int(b)) for a, b in zip(c, i, strict=True) if b > self.warmup]
 
     # --------------------------------------------------------------- replay
-    def replay(self, chain: int, iteration: int) -> Transition:
-        """Replays transition ``iteration`` (0-based over the whole run, warm-up
-        included) of ``chain``: it starts at the draw of ``iteration - 1``."""
-        if not 0 <= chain < self.chains:
-            raise ValueError(f"chain: must be in [0, {self.chains}), got {chain!r}")
-        if not self.warmup < iteration < self.iterations:
-            raise ValueError(
-                f"iteration: draws-phase transitions from {self.warmup + 1} to {self.iterations - 1} replay "
-                f"(the first draw starts from the adapting warm-up), got {iteration!r}"
-            )
+    def start_state(self, chain: int, iteration: int, step_size=None) -> HMCState:
+        """NumPyro's state from which transition ``iteration`` of ``chain`` started: the
+        saved draw of ``iteration - 1``, the chain's adapted step size (or ``step_size``)
+        and mass matrix, and its key at that iteration."""
         z = self.unconstrained(chain, iteration - 1)
         pe, grad = self._value_and_grad(z)
         adapt = self._chain(self.final_state.adapt_state, chain)
-        state = HMCState(
+        if step_size is not None:
+            adapt = adapt._replace(step_size=np.asarray(step_size, dtype=float))
+        return HMCState(
             i=jnp.asarray(iteration),
             z=z,
             z_grad=grad,
@@ -206,6 +202,19 @@ class RunReplay:
             adapt_state=jax.tree.map(jnp.asarray, adapt),
             rng_key=self.key(chain, iteration),
         )
+
+    def replay(self, chain: int, iteration: int) -> Transition:
+        """Replays transition ``iteration`` (0-based over the whole run, warm-up
+        included) of ``chain``: it starts at the draw of ``iteration - 1``."""
+        if not 0 <= chain < self.chains:
+            raise ValueError(f"chain: must be in [0, {self.chains}), got {chain!r}")
+        if not self.warmup < iteration < self.iterations:
+            raise ValueError(
+                f"iteration: draws-phase transitions from {self.warmup + 1} to {self.iterations - 1} replay "
+                f"(the first draw starts from the adapting warm-up), got {iteration!r}"
+            )
+        state = self.start_state(chain, iteration)
+        z, pe = state.z, state.potential_energy
         self._record.clear()
         new = self._sample(state)
         jax.block_until_ready(new)
