@@ -49,7 +49,7 @@ bench: $(STAMP) $(if $(filter $(VENV_LATEST)/bin/python,$(BENCH_OTHER_PY)),$(VEN
 	PYTHONPATH=$(CURDIR) $(PY) benchmarks/suite.py --other-python $(BENCH_OTHER_PY) $(if $(POSTERIOR),--posterior $(POSTERIOR))
 
 # Only jax_versions (the key figures under the pinned jax, then under BENCH_OTHER_PY's),
-# written into the existing latest.json (~25 min on 2 cores, 2026-12-06).
+# written into the existing latest.json (7-9 min on 2 cores, 2026-12-06).
 bench-versions: $(STAMP) $(if $(filter $(VENV_LATEST)/bin/python,$(BENCH_OTHER_PY)),$(VENV_LATEST)/.installed-stamp)
 	PYTHONPATH=$(CURDIR) $(PY) benchmarks/suite.py --versions-only --other-python $(BENCH_OTHER_PY)
 
