@@ -62,9 +62,8 @@ def main(argv=None):
         (s % replay.chains, replay.warmup + 1 + int(round(j)))
         for s, j in enumerate(np.linspace(0, draws - 1, args.starts))
     ]
-    potential = replay._potential
     kernel = NUTS(
-        potential_fn=potential,
+        potential_fn=replay._potential,
         dense_mass=bool(replay.config.get("dense_mass", False)),
         max_tree_depth=int(replay.config["max_tree_depth"]),
         target_accept_prob=float(replay.config["target_accept"]),
@@ -72,16 +71,15 @@ def main(argv=None):
     fit.set_up_kernel(kernel, replay.warmup, replay.unconstrained(0, replay.warmup))
     sample = jax.pmap(lambda s: kernel.sample(s, (), {}))
 
-    def state(chain, iteration, factor):
-        return replay.start_state(chain, iteration, step_size=step * factor)
-
     jobs = [(c, i, f) for f in args.factors for c, i in picks]
     rows = []
     start_time = time.perf_counter()
     for b in range(0, len(jobs), devices):
         batch = jobs[b : b + devices]
         padded = batch + [batch[-1]] * (devices - len(batch))
-        states = jax.tree.map(lambda *x: jnp.stack(x), *[state(*j) for j in padded])
+        states = jax.tree.map(
+            lambda *x: jnp.stack(x), *[replay.start_state(c, i, step_size=step * f) for c, i, f in padded]
+        )
         new = sample(states)
         for k, (c, i, f) in enumerate(batch):
             rows.append(
