@@ -48,7 +48,6 @@ def main(argv=None):
     parser.add_argument("--init-scatter", type=float, default=0.0, help="(see mscpk fit)")
     parser.add_argument("--step-size", type=float, default=None, help="with --state-dir (see mscpk fit)")
     parser.add_argument("--share-step-size", action="store_true", help="with --state-dir (see mscpk fit)")
-    parser.add_argument("--step-search", action="store_true", help="with --state-dir (see mscpk fit)")
     parser.add_argument(
         "--detection-limit-log-sd", type=float, default=None, help="(see mscpk fit; default: its default)"
     )
@@ -117,8 +116,6 @@ def main(argv=None):
         cmd += ["--step-size", repr(args.step_size)]
     if args.share_step_size:
         cmd += ["--share-step-size"]
-    if args.step_search:
-        cmd += ["--step-search"]
     if args.detection_limit_log_sd is not None:
         cmd += ["--detection-limit-log-sd", repr(args.detection_limit_log_sd)]
     if args.dense_mass:

@@ -73,11 +73,10 @@ def last_piece(directory: Path) -> Path:
     return pieces[-1]
 
 
-def stage_args(root, name: str, draws: int | None = None, options=(), final_options=()) -> list[str]:
+def stage_args(root, name: str, draws: int | None = None, options=()) -> list[str]:
     """The ``benchmarks/calibration.py`` arguments of stage ``name`` under ``root``
     (``pooled`` and ``final`` need the stage before them finished: they start from its
-    last piece), with ``options`` (further arguments, the same for every stage) and, for
-    the final stage, ``final_options``."""
+    last piece), with ``options`` (further arguments, the same for every stage)."""
     root = Path(root)
     d = root / name
     args = [f"--{k.replace('_', '-')}={v}" for k, v in COMMON.items()] + list(options)
@@ -102,7 +101,6 @@ def stage_args(root, name: str, draws: int | None = None, options=(), final_opti
         f"--metric-from={root / before}",
         f"--metric-since={COMMON['warmup']}",
         f"--warm-start={last_piece(root / before)}",
-        *(final_options if name == "final" else ()),
     ]
 
 
@@ -137,7 +135,6 @@ def record_pipeline(export_dir, record: dict) -> None:
         "stages_wall_s": {name: stage["wall_s"] for name, stage in record["stages"].items()},
         "total_wall_s": sum(stage["wall_s"] for stage in record["stages"].values()),
         "options": record["options"],
-        "final_options": record.get("final_options", []),
         "final_draws": record["final_draws"],
     }
     path.write_text(json.dumps(meta, indent=2) + "\n")
@@ -171,12 +168,6 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         help="every stage: log-SD of the assumed detection limits (default "
         f"{DETECTION_LIMIT_LOG_SD!r}, as in the shipped fit; 0: known, as in the fits before 2026-12)",
     )
-    parser.add_argument(
-        "--final-step-search",
-        action="store_true",
-        help="final stage: after warm-up, scale the shared step size by the largest factor whose measured "
-        "acceptance still reaches the target (mscpk fit --step-search)",
-    )
     args = parser.parse_args(argv)
     for name in ("draws", "extend", "max_draws"):
         if getattr(args, name) < 1:
@@ -193,7 +184,6 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         raise ValueError("--own-step-sizes: not with --share-step-size")
     options = [] if args.own_step_sizes else ["--share-step-size"]
     options.append(f"--detection-limit-log-sd={float(args.detection_limit_log_sd)!r}")
-    final_options = ["--step-search"] if args.final_step_search else []
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     record_path = root / "pipeline.json"
@@ -203,16 +193,6 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
             f"--root: {root} holds a calibration run with the options {record['options']}, not {options}; "
             "use the same options or a new --root"
         )
-    # Recorded only when given, so that roots started before the final stage had options continue.
-    if record.get("final_options", []) != final_options and (root / "final").exists():
-        raise ValueError(
-            f"--root: {root} holds a final stage run with the final options {record.get('final_options', [])}, "
-            f"not {final_options}; use the same options or a new --root"
-        )
-    if final_options:
-        record["final_options"] = final_options
-    else:
-        record.pop("final_options", None)
     started = clock()
 
     def left() -> list[str]:
@@ -230,7 +210,7 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         out = d / "posterior.nc"
         out.unlink(missing_ok=True)  # written again only when the stage finishes
         t0 = clock()
-        runner(stage_args(root, name, draws, options, final_options) + left())
+        runner(stage_args(root, name, draws, options) + left())
         done = record["stages"].setdefault(name, {"wall_s": 0.0})
         done["wall_s"] += clock() - t0
         record_path.write_text(json.dumps(record, indent=2) + "\n")
@@ -270,7 +250,7 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         if record["ppc_within_90"] < MIN_PPC_WITHIN_90:
             print(f"not exported: {record['ppc_within_90']:.0%} of rows within their 90% interval (< 80%)")
             return 1
-        runner(stage_args(root, "final", draws, options, final_options) + [f"--export={args.export}"])
+        runner(stage_args(root, "final", draws, options) + [f"--export={args.export}"])
         record_pipeline(args.export, record)
         print(f"exported to {args.export}")
     return 0

@@ -367,14 +367,6 @@ def build_parser() -> argparse.ArgumentParser:
         "with the smallest step sets the wall time",
     )
     fit.add_argument(
-        "--step-search",
-        action="store_true",
-        help="with --state-dir: at the end of warm-up (after --share-step-size) scale the step sizes by the "
-        "largest of 1.25, 1.5, 1.75, 2 whose acceptance, measured over 4 transitions per chain that are "
-        "then discarded, still reaches --target-accept (dual averaging over a short warm-up leaves the "
-        "step smaller than the target asks for)",
-    )
-    fit.add_argument(
         "--detection-limit-log-sd",
         type=_nonnegative_float("--detection-limit-log-sd"),
         default=DETECTION_LIMIT_LOG_SD,
@@ -477,10 +469,6 @@ def cmd_fit(args) -> int:
         raise ValueError("--share-step-size: only with --state-dir")
     if args.share_step_size and args.step_size is not None:
         raise ValueError("--share-step-size: not with --step-size (every chain already has that step)")
-    if args.step_search and not args.state_dir:
-        raise ValueError("--step-search: only with --state-dir")
-    if args.step_search and args.step_size is not None:
-        raise ValueError("--step-search: not with --step-size (a given step size is kept)")
     if args.init_scatter > 0 and args.warm_start is not None:
         raise ValueError("--init-scatter: not with --warm-start (the chains start from its positions)")
     warm_start = _warm_start(args.warm_start)
@@ -524,7 +512,6 @@ def cmd_fit(args) -> int:
             init_scatter=args.init_scatter,
             step_size=args.step_size,
             share_step_size=args.share_step_size,
-            step_search=args.step_search,
             progress=True,
         )
         if idata is None:

@@ -626,7 +626,7 @@ def test_run_nuts_gives_the_resumable_runs_draws(reduced_data, whole_run):
 
 def test_run_progress_reads_a_saved_run(reduced_data, whole_run, tmp_path):
     """The pieces and the draws so far of a resumable run, read from its directory only:
-    the draws are the run's own; a run in warm-up has pieces but no draws; a directory
+    the draws and their acceptance statistics are the run's own; a run in warm-up has pieces but no draws; a directory
     without a run, or a run the evidence library cannot rebuild, is a clear error."""
     import pickle
     import shutil
@@ -642,6 +642,11 @@ def test_run_progress_reads_a_saved_run(reduced_data, whole_run, tmp_path):
     for n in reduced_data.parameter_names:
         np.testing.assert_array_equal(so_far.posterior[n], idata.posterior[n])
     np.testing.assert_array_equal(so_far.sample_stats["lp"], idata.sample_stats["lp"])
+    # each transition's acceptance statistic, as NumPyro's dual averaging reads it
+    accept = np.asarray(so_far.sample_stats["acceptance_rate"])
+    assert accept.shape == (1, 20) and ((accept >= 0) & (accept <= 1)).all() and accept.std() > 0
+    assert pieces.accept_prob.tolist()[1] == pytest.approx(accept.mean(), rel=1e-12)
+    assert 0 < pieces.accept_prob.tolist()[0] <= 1
     early = tmp_path / "early"
     early.mkdir()
     for name in ("config.pkl", "init.pkl", "piece_0000.pkl"):
@@ -704,102 +709,32 @@ def test_replay_reproduces_saved_transitions(reduced_data, whole_run):
         replay.replay(1, 25)
 
 
-def test_share_step_size_gives_every_chain_the_geometric_mean_after_warm_up(
-    reduced_data, tmp_path, monkeypatch
-):
+def test_share_step_size_gives_every_chain_the_geometric_mean_after_warm_up(reduced_data, tmp_path):
     """``share_step_size``: the chains adapt their own step sizes in warm-up, then all draw
     with the geometric mean of them, also when the run was stopped at the end of warm-up
-    and continued in a new call; the setting is part of the run's config. With
-    ``step_search`` that shared step is then scaled by the factor the search records."""
-    import json
+    and continued in a new call; the setting is part of the run's config."""
     import pickle
 
     args = dict(
         chains=2, chain_method="sequential", warmup=6, draws=6, chunk=6, max_tree_depth=3, progress=False
     )
-    # the search's transitions as long as a piece: the piece program serves them (no compile of its own)
-    monkeypatch.setattr(calfit, "STEP_SEARCH_ITERATIONS", 6)
     key = jax.random.PRNGKey(11)
-    both = dict(share_step_size=True, step_search=True, target_accept=0.6)
     run = tmp_path / "run"  # stopped at the end of warm-up (one piece), then continued
-    assert calfit.run_nuts_resumable(reduced_data, key, run, hours=1e-9, **both, **args) is None
-    assert not (run / "step_search.json").exists()
-    idata = calfit.run_nuts_resumable(reduced_data, key, run, **both, **args)
+    assert calfit.run_nuts_resumable(reduced_data, key, run, share_step_size=True, hours=1e-9, **args) is None
+    idata = calfit.run_nuts_resumable(reduced_data, key, run, share_step_size=True, **args)
     assert dict(idata.posterior.sizes) == {"chain": 2, "draw": 6}
-    assert np.asarray(idata.sample_stats["acceptance_rate"]).shape == (2, 6)
-    assert (
-        idata.posterior.attrs["step_search_factor"]
-        == json.loads((run / "step_search.json").read_text())["factor"]
-    )
     pieces = [pickle.loads(p.read_bytes()) for p in sorted(run.glob("piece_*.pkl"))]
     assert [p["phase"] for p in pieces] == ["warmup", "draws"]
     adapted = np.asarray(pieces[0]["state"].adapt_state.step_size)
     assert adapted.shape == (2,) and abs(np.log(adapted[0] / adapted[1])) > 1e-3  # they differ
     shared = np.exp(np.mean(np.log(adapted)))
-    found = json.loads((run / "step_search.json").read_text())
-    assert found["adapted_step_size"] == pytest.approx(shared, rel=1e-15)
-    assert found["tried"][0]["factor"] == 1.25 and found["iterations"] == 6
-    passed = [t["factor"] for t in found["tried"] if t["mean_accept_prob"] >= 0.6 and t["divergences"] == 0]
-    assert found["factor"] == (passed[-1] if passed else 1.0)
-    step = shared * found["factor"]
-    np.testing.assert_allclose(np.asarray(pieces[1]["state"].adapt_state.step_size), [step] * 2, rtol=1e-15)
-    np.testing.assert_allclose(calfit.run_step_sizes(run), [step, step], rtol=1e-15)
-    config = pickle.loads((run / "config.pkl").read_bytes())
-    assert config["share_step_size"] is True
-    assert config["step_search"] == {"factors": calfit.STEP_SEARCH_FACTORS, "iterations": 6}
-    with pytest.raises(ValueError, match="other settings \\(share_step_size, step_search\\)"):
-        calfit.run_nuts_resumable(reduced_data, key, run, target_accept=0.6, **args)
+    np.testing.assert_allclose(np.asarray(pieces[1]["state"].adapt_state.step_size), [shared] * 2, rtol=1e-15)
+    np.testing.assert_allclose(calfit.run_step_sizes(run), [shared, shared], rtol=1e-15)
+    assert pickle.loads((run / "config.pkl").read_bytes())["share_step_size"] is True
+    with pytest.raises(ValueError, match="other settings \\(share_step_size\\)"):
+        calfit.run_nuts_resumable(reduced_data, key, run, **args)
     with pytest.raises(TypeError, match="share_step_size: expected a bool, got str 'yes'"):
         calfit.run_nuts_resumable(reduced_data, key, tmp_path / "x", share_step_size="yes", **args)
-    with pytest.raises(ValueError, match="step_search: not with step_size"):
-        calfit.run_nuts_resumable(reduced_data, key, tmp_path / "y", step_search=True, step_size=0.1, **args)
-
-
-def test_step_search_takes_the_largest_factor_that_reaches_the_target():
-    """:func:`search_step_size` with a stand-in for the piece runner whose acceptance
-    falls with the step: it tries the factors in order from the same state, stops at the
-    first that falls short (or diverges), scales every chain's step by the last that
-    passed, and returns the state it was given otherwise unchanged (the transitions are
-    discarded)."""
-    from collections import namedtuple
-
-    Adapt = namedtuple("Adapt", "step_size other")
-    State = namedtuple("State", "z adapt_state rng_key")
-    state = State(z=np.arange(2.0), adapt_state=Adapt(np.array([0.1, 0.2]), "kept"), rng_key=np.array([7, 8]))
-    seen = []
-
-    def run_piece(s, n, diverge_above=np.inf):
-        assert s.z is state.z and s.rng_key is state.rng_key  # every factor starts from the same state
-        step = np.asarray(s.adapt_state.step_size)
-        seen.append((step / state.adapt_state.step_size, n))
-        accept = np.broadcast_to(1.0 - 0.2 * (step[:, None] / 0.1) ** 2 / 2.0, (2, n))  # chain 0: 1 - 0.1 f^2
-        extra = {"accept_prob": accept, "num_steps": np.full((2, n), 7), "diverging": np.zeros((2, n), bool)}
-        extra["diverging"][:, 0] = step[0] > diverge_above
-        return "moved", "samples", extra
-
-    new, found = calfit.search_step_size(run_piece, state, 0.8, iterations=3)
-    # mean acceptance 1 - 0.1 f^2 (1 + 4) / 2 = 1 - 0.25 f^2: 0.609 at 1.25, so nothing passes
-    assert found["factor"] == 1.0 and [t["factor"] for t in found["tried"]] == [1.25]
-    np.testing.assert_allclose(new.adapt_state.step_size, [0.1, 0.2])
-    seen.clear()
-    # 1 - 0.25 f^2 >= 0.4 for f <= 1.549
-    new, found = calfit.search_step_size(run_piece, state, 0.4, iterations=3)
-    assert found["factor"] == 1.5 and [t["factor"] for t in found["tried"]] == [1.25, 1.5, 1.75]
-    assert [n for _, n in seen] == [3, 3, 3]
-    np.testing.assert_allclose([s[0] for s, _ in seen], [1.25, 1.5, 1.75])
-    np.testing.assert_allclose(new.adapt_state.step_size, [0.15, 0.3], rtol=1e-15)
-    assert new.z is state.z and new.rng_key is state.rng_key and new.adapt_state.other == "kept"
-    assert found["step_size"] == pytest.approx(0.15) and found["adapted_step_size"] == pytest.approx(0.1)
-    assert found["tried"][1]["mean_accept_prob"] == pytest.approx(1 - 0.25 * 1.5**2)
-    # a divergence rules a factor out even above the target
-    new, found = calfit.search_step_size(
-        lambda s, n: run_piece(s, n, diverge_above=0.13), state, 0.4, iterations=3
-    )
-    assert found["factor"] == 1.25 and found["tried"][-1]["divergences"] == 2
-    with pytest.raises(ValueError, match="factors: expected increasing numbers > 1"):
-        calfit.search_step_size(run_piece, state, 0.8, factors=(1.5, 1.25))
-    with pytest.raises(ValueError, match="target_accept: must be in \\(0, 1\\)"):
-        calfit.search_step_size(run_piece, state, 1.0)
 
 
 def test_dense_metric_from_a_pilot_run_is_kept(reduced_data, whole_run, tmp_path):

@@ -249,22 +249,3 @@ def test_pipeline_options_go_to_every_stage_and_stay_with_the_root(tmp_path):
         )
     with pytest.raises(ValueError, match="--detection-limit-log-sd: expected a finite number >= 0, got -1.0"):
         recalibrate.main(["--root", str(tmp_path / "d"), "--detection-limit-log-sd", "-1"], runner=runs)
-    # --final-step-search: given to the final stage only (the export included), recorded, kept.
-    searched = tmp_path / "searched"
-    runs3 = FakeRuns(clock)
-    argv = ["--root", str(searched), "--final-step-search", "--export", str(tmp_path / "shipped3")]
-    assert recalibrate.main(argv, runner=runs3, clock=clock) == 0
-    assert [("step-search" in c, Path(c["state-dir"]).name) for c in runs3.calls] == [
-        (False, "pilot"),
-        (False, "pooled"),
-        (True, "final"),
-        (True, "final"),
-    ]
-    assert json.loads((searched / "pipeline.json").read_text())["final_options"] == ["--step-search"]
-    meta = json.loads((tmp_path / "shipped3" / "posterior_meta.json").read_text())
-    assert meta["pipeline"]["final_options"] == ["--step-search"]
-    with pytest.raises(
-        ValueError, match="holds a final stage run with the final options \\['--step-search'\\]"
-    ):
-        recalibrate.main(["--root", str(searched)], runner=runs3, clock=clock)
-    assert "final_options" not in json.loads((root / "pipeline.json").read_text())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import os
 import pickle
 import time
@@ -123,10 +122,6 @@ def default_chain_method(chains: int) -> str:
 
 #: Per-draw statistics collected from NUTS besides the draws.
 EXTRA_FIELDS = ("diverging", "num_steps", "potential_energy")
-#: Step-size factors :func:`run_nuts_resumable`'s ``step_search`` tries, in this order, and
-#: the iterations per chain it spends on each.
-STEP_SEARCH_FACTORS = (1.25, 1.5, 1.75, 2.0)
-STEP_SEARCH_ITERATIONS = 4
 
 
 def _chain_method(chains: int, chain_method: str | None) -> str:
@@ -486,7 +481,6 @@ def run_nuts_resumable(
     init_scatter: float = 0.0,
     step_size: float | None = None,
     share_step_size: bool = False,
-    step_search: bool = False,
     progress: bool = True,
 ) -> az.InferenceData | None:
     """NUTS as :func:`run_nuts`, saved to ``directory`` as it goes, so that a run longer
@@ -535,16 +529,6 @@ def run_nuts_resumable(
     takes the longest trajectories: as the chains run in parallel, it sets each piece's
     wall time (``benchmarks/shared_step.py``: 1.32x less wall time over 20 draws per chain
     of the shipped run, no divergences).
-
-    ``step_search``: at the end of warm-up (after ``share_step_size``), scale every chain's
-    step size by the largest factor whose measured acceptance still reaches
-    ``target_accept`` (:func:`search_step_size`). Dual averaging ends warm-up at an
-    average of its fluctuating iterates, and since the acceptance is a concave, falling
-    function of the log step there, the step it leaves is smaller than the one that
-    gives the target (the shipped fit's final stage: mean acceptance 0.954-0.962 against
-    0.9; ``benchmarks/step_size_probe.py``). The search's transitions are discarded: the
-    draws start from the warm-up's last state with its own keys, so it only chooses the
-    step. Not with ``step_size`` (nothing is adapted then).
     """
     _check_nuts_args(problem, chains, warmup, draws, max_tree_depth, target_accept)
     metric = _metric(problem.prior_median(), dense_mass, inverse_mass_matrix, adapt_mass_matrix)
@@ -587,12 +571,6 @@ def run_nuts_resumable(
         )
     if share_step_size:
         config["share_step_size"] = True
-    if not isinstance(step_search, bool):
-        raise TypeError(f"step_search: expected a bool, got {type(step_search).__name__} {step_search!r}")
-    if step_search and step_size is not None:
-        raise ValueError("step_search: not with step_size (a given step size is kept, nothing to search)")
-    if step_search:
-        config["step_search"] = {"factors": STEP_SEARCH_FACTORS, "iterations": STEP_SEARCH_ITERATIONS}
     config_file = directory / "config.pkl"
     if config_file.exists():
         saved = _load(config_file)
@@ -643,16 +621,6 @@ def run_nuts_resumable(
         n = min(chunk, warmup - done) if done < warmup else min(chunk, warmup + draws - done)
         if share_step_size and done == warmup and chains > 1:  # the first piece of draws
             state = shared_step_size(state)
-        if step_search and done == warmup:
-            search = config["step_search"]
-            state, found = search_step_size(run_piece, state, target_accept, **search)
-            (directory / "step_search.json").write_text(json.dumps(found, indent=2) + "\n")
-            if progress:
-                print(
-                    f"NUTS step search: factor {found['factor']} (step {found['step_size']}), "
-                    f"{found['seconds']:.0f} s; tried {found['tried']}",
-                    flush=True,
-                )
         t0 = time.perf_counter()
         state, samples, extra = run_piece(state, n)
         piece = {
@@ -686,61 +654,6 @@ def shared_step_size(state):
     step = np.asarray(a.step_size)
     shared = np.full_like(step, np.exp(np.mean(np.log(step.astype(float)))))
     return state._replace(adapt_state=a._replace(step_size=shared))
-
-
-def search_step_size(
-    run_piece, state, target_accept: float, factors=STEP_SEARCH_FACTORS, iterations=STEP_SEARCH_ITERATIONS
-):
-    """``(state, record)``: ``state`` (after warm-up) with every chain's step size times
-    the largest of ``factors`` (tried in increasing order, stopping at the first that
-    falls short) at which ``iterations`` NUTS transitions of every chain from ``state``
-    have a mean acceptance statistic >= ``target_accept``; factor 1 if none does.
-
-    ``run_piece(state, n) -> (state, samples, extra)`` runs the transitions (the resumable
-    run's piece runner, whose ``extra`` holds ``accept_prob``). Every factor starts from
-    the same ``state`` and keys, so the factors are compared on the same random numbers,
-    and none of the transitions is kept: the chains go on from ``state`` (with its keys)
-    at the step chosen. ``record`` gives the factor, the step size (the first chain's),
-    and per factor tried its mean acceptance, leapfrog steps per transition and
-    divergences, and the seconds spent.
-    """
-    if not 0 < target_accept < 1:
-        raise ValueError(f"target_accept: must be in (0, 1), got {target_accept!r}")
-    factors = [float(f) for f in factors]
-    if not factors or any(not f > 1 for f in factors) or factors != sorted(factors):
-        raise ValueError(f"factors: expected increasing numbers > 1, got {factors!r}")
-    _check_int("iterations", iterations, 1)
-    a = state.adapt_state
-    dtype = np.asarray(a.step_size).dtype
-    step = np.asarray(a.step_size, dtype=float)
-    t0 = time.perf_counter()
-    chosen, tried = 1.0, []
-    for f in factors:
-        probe = state._replace(adapt_state=a._replace(step_size=(step * f).astype(dtype)))
-        _, _, extra = run_piece(probe, iterations)
-        accept = float(np.mean(extra["accept_prob"]))
-        tried.append(
-            {
-                "factor": f,
-                "mean_accept_prob": accept,
-                "leapfrog_steps": float(np.mean(extra["num_steps"])),
-                "divergences": int(np.sum(extra["diverging"])),
-            }
-        )
-        if accept < target_accept or np.any(extra["diverging"]):
-            break
-        chosen = f
-    new = (step * chosen).astype(dtype)
-    record = {
-        "factor": chosen,
-        "step_size": float(np.ravel(new)[0]),
-        "adapted_step_size": float(np.ravel(step)[0]),
-        "target_accept": float(target_accept),
-        "iterations": int(iterations),
-        "tried": tried,
-        "seconds": time.perf_counter() - t0,
-    }
-    return state._replace(adapt_state=a._replace(step_size=new)), record
 
 
 def set_up_kernel(kernel, warmup: int, z) -> None:
@@ -839,10 +752,6 @@ def _from_pieces(
         "pieces": len(loaded),
         "warmup_divergences": int(sum(np.asarray(x["extra"]["diverging"]).sum() for x in warm)),
     }
-    searched = directory / "step_search.json"
-    if searched.exists():  # run with step_search: the factor it chose and the step the draws used
-        found = json.loads(searched.read_text())
-        attrs.update(step_search_factor=found["factor"], step_size=found["step_size"])
     return _with_attrs(idata, problem, attrs)
 
 
