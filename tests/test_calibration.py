@@ -626,8 +626,9 @@ def test_run_nuts_gives_the_resumable_runs_draws(reduced_data, whole_run):
 
 def test_run_progress_reads_a_saved_run(reduced_data, whole_run, tmp_path):
     """The pieces and the draws so far of a resumable run, read from its directory only:
-    the draws and their acceptance statistics are the run's own; a run in warm-up has pieces but no draws; a directory
-    without a run, or a run the evidence library cannot rebuild, is a clear error."""
+    the draws and their acceptance statistics are the run's own; a run in warm-up has
+    pieces but no draws; a directory without a run, or a run the evidence library cannot
+    rebuild, is a clear error."""
     import pickle
     import shutil
 
