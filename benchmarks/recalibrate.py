@@ -62,6 +62,11 @@ COMMON = {
 }
 PILOT_DRAWS = 60
 POOLED_DRAWS = 60
+POOLED_TARGET_ACCEPT = 0.9
+#: The final stage's target acceptance (the default of ``--final-target-accept``).
+FINAL_TARGET_ACCEPT = 0.9
+#: What a root whose ``pipeline.json`` does not record it ran at (every root before 2026-12-06).
+EARLIER_FINAL_TARGET_ACCEPT = 0.9
 #: Acceptance levels of issue 6.
 MAX_R_HAT, MIN_ESS_BULK, MAX_DIVERGENCE_FRACTION, MIN_PPC_WITHIN_90 = 1.01, 400.0, 0.01, 0.8
 
@@ -73,10 +78,13 @@ def last_piece(directory: Path) -> Path:
     return pieces[-1]
 
 
-def stage_args(root, name: str, draws: int | None = None, options=()) -> list[str]:
+def stage_args(
+    root, name: str, draws: int | None = None, options=(), final_target_accept=FINAL_TARGET_ACCEPT
+) -> list[str]:
     """The ``benchmarks/calibration.py`` arguments of stage ``name`` under ``root``
     (``pooled`` and ``final`` need the stage before them finished: they start from its
-    last piece), with ``options`` (further arguments, the same for every stage)."""
+    last piece), with ``options`` (further arguments, the same for every stage) and the
+    final stage's target acceptance."""
     root = Path(root)
     d = root / name
     args = [f"--{k.replace('_', '-')}={v}" for k, v in COMMON.items()] + list(options)
@@ -97,7 +105,7 @@ def stage_args(root, name: str, draws: int | None = None, options=()) -> list[st
         raise ValueError(f"draws: the final stage needs an integer >= 1, got {draws!r}")
     return args + [
         f"--draws={draws}",
-        "--target-accept=0.9",
+        f"--target-accept={POOLED_TARGET_ACCEPT if name == 'pooled' else final_target_accept!r}",
         f"--metric-from={root / before}",
         f"--metric-since={COMMON['warmup']}",
         f"--warm-start={last_piece(root / before)}",
@@ -135,6 +143,7 @@ def record_pipeline(export_dir, record: dict) -> None:
         "stages_wall_s": {name: stage["wall_s"] for name, stage in record["stages"].items()},
         "total_wall_s": sum(stage["wall_s"] for stage in record["stages"].values()),
         "options": record["options"],
+        "final_target_accept": record["final_target_accept"],
         "final_draws": record["final_draws"],
     }
     path.write_text(json.dumps(meta, indent=2) + "\n")
@@ -168,6 +177,12 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         help="every stage: log-SD of the assumed detection limits (default "
         f"{DETECTION_LIMIT_LOG_SD!r}, as in the shipped fit; 0: known, as in the fits before 2026-12)",
     )
+    parser.add_argument(
+        "--final-target-accept",
+        type=float,
+        default=FINAL_TARGET_ACCEPT,
+        help=f"final stage: NUTS target acceptance (default {FINAL_TARGET_ACCEPT!r}, as in the shipped fit)",
+    )
     args = parser.parse_args(argv)
     for name in ("draws", "extend", "max_draws"):
         if getattr(args, name) < 1:
@@ -179,6 +194,10 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
     if not (0.0 <= args.detection_limit_log_sd < float("inf")):
         raise ValueError(
             f"--detection-limit-log-sd: expected a finite number >= 0, got {args.detection_limit_log_sd!r}"
+        )
+    if not 0.0 < args.final_target_accept < 1.0:
+        raise ValueError(
+            f"--final-target-accept: expected a number in (0, 1), got {args.final_target_accept!r}"
         )
     if args.own_step_sizes and args.share_step_size:
         raise ValueError("--own-step-sizes: not with --share-step-size")
@@ -192,6 +211,15 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         raise ValueError(
             f"--root: {root} holds a calibration run with the options {record['options']}, not {options}; "
             "use the same options or a new --root"
+        )
+    target = record.setdefault(
+        "final_target_accept",
+        args.final_target_accept if not record["stages"] else EARLIER_FINAL_TARGET_ACCEPT,
+    )
+    if target != args.final_target_accept:
+        raise ValueError(
+            f"--root: {root} holds a calibration run whose final stage targets acceptance {target!r}, not "
+            f"{args.final_target_accept!r}; use --final-target-accept {target!r} or a new --root"
         )
     started = clock()
 
@@ -210,7 +238,7 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         out = d / "posterior.nc"
         out.unlink(missing_ok=True)  # written again only when the stage finishes
         t0 = clock()
-        runner(stage_args(root, name, draws, options) + left())
+        runner(stage_args(root, name, draws, options, target) + left())
         done = record["stages"].setdefault(name, {"wall_s": 0.0})
         done["wall_s"] += clock() - t0
         record_path.write_text(json.dumps(record, indent=2) + "\n")
@@ -250,7 +278,7 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         if record["ppc_within_90"] < MIN_PPC_WITHIN_90:
             print(f"not exported: {record['ppc_within_90']:.0%} of rows within their 90% interval (< 80%)")
             return 1
-        runner(stage_args(root, "final", draws, options) + [f"--export={args.export}"])
+        runner(stage_args(root, "final", draws, options, target) + [f"--export={args.export}"])
         record_pipeline(args.export, record)
         print(f"exported to {args.export}")
     return 0

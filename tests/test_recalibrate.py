@@ -249,3 +249,37 @@ def test_pipeline_options_go_to_every_stage_and_stay_with_the_root(tmp_path):
         )
     with pytest.raises(ValueError, match="--detection-limit-log-sd: expected a finite number >= 0, got -1.0"):
         recalibrate.main(["--root", str(tmp_path / "d"), "--detection-limit-log-sd", "-1"], runner=runs)
+
+
+def test_final_target_acceptance_goes_to_the_final_stage_and_stays_with_the_root(tmp_path):
+    """``--final-target-accept``: the final stage's NUTS target (the export's included),
+    recorded in ``pipeline.json`` and the export's metadata; the pilot and pooled stages
+    keep theirs. A root recorded with another target is refused, and a root started
+    before the target was recorded is taken to have run at 0.9."""
+    clock = Clock()
+    runs = FakeRuns(clock)
+    root = tmp_path / "cal"
+    argv = ["--root", str(root), "--final-target-accept", "0.7", "--export", str(tmp_path / "shipped")]
+    assert recalibrate.main(argv, runner=runs, clock=clock) == 0
+    assert [(Path(c["state-dir"]).name, float(c["target-accept"])) for c in runs.calls] == [
+        ("pilot", 0.85),
+        ("pooled", recalibrate.POOLED_TARGET_ACCEPT),
+        ("final", 0.7),
+        ("final", 0.7),
+    ]
+    assert json.loads((root / "pipeline.json").read_text())["final_target_accept"] == 0.7
+    meta = json.loads((tmp_path / "shipped" / "posterior_meta.json").read_text())
+    assert meta["pipeline"]["final_target_accept"] == 0.7
+    with pytest.raises(ValueError, match="final stage targets acceptance 0.7, not 0.9"):
+        recalibrate.main(["--root", str(root), "--final-target-accept", "0.9"], runner=runs, clock=clock)
+    # the default is the shipped fit's
+    default = recalibrate.stage_args(root, "final", draws=240)
+    assert f"--target-accept={recalibrate.FINAL_TARGET_ACCEPT!r}" in default
+    # a root from before: its stages ran, its record has no target
+    record = json.loads((root / "pipeline.json").read_text())
+    del record["final_target_accept"]
+    (root / "pipeline.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="final stage targets acceptance 0.9, not 0.7"):
+        recalibrate.main(["--root", str(root), "--final-target-accept", "0.7"], runner=runs, clock=clock)
+    with pytest.raises(ValueError, match="--final-target-accept: expected a number in \\(0, 1\\), got 1.0"):
+        recalibrate.main(["--root", str(tmp_path / "x"), "--final-target-accept", "1"], runner=runs)
