@@ -159,8 +159,17 @@ def simulate(
         raise ValueError("posterior: bands use the shipped posterior's parameter sets; give parameters=None")
     model = build_model(species, product, parameters, n_size_classes, mechanisms, host)
     solver = SolverConfig() if solver is None else solver
-    # t_end_h is passed as an array so that a new end time does not recompile.
-    sol = _solve_jit(model, regimen.table(), jnp.asarray(times), jnp.asarray(t_end_h), solver)
+    # One compiled solve serves many settings: the end time is an array, categorical
+    # settings that only set numbers are numbers (Model.numeric_equivalent), and output
+    # times and dose rows are padded to a bucket size (padding is sliced off below).
+    n_t = times.size
+    inputs = (
+        model.numeric_equivalent(),
+        regimen.table(_bucket(regimen.n_rows, 1)),
+        jnp.asarray(np.concatenate([times, np.full(_bucket(n_t, 16) - n_t, t_end_h)])),
+        jnp.asarray(t_end_h),
+    )
+    sol = _solve_jit(*inputs, solver)
     if not bool(sol.success):
         raise SolveError(
             f"the ODE solve failed (solver={solver.solver}, rtol={solver.rtol}, max_steps={solver.max_steps}); "
@@ -169,22 +178,26 @@ def simulate(
     bands = None
     if n_draws != 0:
         stacked = posterior_kinetic(n_draws)  # raises if no posterior is shipped
-        bands, ok = _posterior_observations(
-            model, stacked, regimen.table(), jnp.asarray(times), jnp.asarray(t_end_h), solver
-        )
+        bands, ok = _posterior_observations(*inputs[:1], stacked, *inputs[1:], solver)
         if not bool(ok):
             raise SolveError("the ODE solve failed for a posterior draw; try a larger max_steps")
-        bands = {k: np.asarray(v) for k, v in bands.items()}
+        bands = {k: np.asarray(v)[:, :n_t] for k, v in bands.items()}
     return SimulationResult(
         model=model,
         regimen=regimen,
-        times_h=np.asarray(sol.ts),
-        states=np.asarray(sol.ys),
-        blood_input=np.asarray(sol.blood_input),
+        times_h=np.asarray(sol.ts)[:n_t],
+        states=np.asarray(sol.ys)[:n_t],
+        blood_input=np.asarray(sol.blood_input)[:n_t],
         t_end_h=t_end_h,
         n_steps=int(sol.n_steps),
         bands=bands,
     )
+
+
+def _bucket(n: int, smallest: int) -> int:
+    """The smallest power of two >= ``n`` and >= ``smallest``: inputs padded to it share
+    one compiled program over a range of sizes."""
+    return max(smallest, 1 << (int(n) - 1).bit_length())
 
 
 def _check_times(times_h, t_end_h: float) -> np.ndarray:

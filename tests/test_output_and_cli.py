@@ -166,3 +166,64 @@ def test_cli_mechanism_options_and_scenario_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["simulate", "--cells", "1e6", "--jugular-stasis", "1.5", "--out", str(out)])
     assert "--jugular-stasis: must lie in [0, 1]" in capsys.readouterr().err
+
+
+def test_settings_that_only_set_numbers_share_one_compiled_solve():
+    """simulate solves Model.numeric_equivalent with padded times and dose rows: settings
+    that only change numbers (species, product, preparation, donor match, host immunity,
+    the number of output times or doses within a bucket) reuse one compiled program, and
+    the result is the original model's solve (to rounding), on the caller's times only."""
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    from mscpk import Dose, Host, Regimen, cell_product
+    from mscpk.api import _solve_jit
+    from mscpk.solve.segments import solve
+
+    def programs():
+        return _solve_jit._cached._cache_size()
+
+    t72, t168 = np.linspace(0.0, 72.0, 41), np.linspace(0.0, 168.0, 57)
+    allogeneic = [  # one program: an allogeneic response of some strength
+        dict(species="mouse", product=cell_product("bm_msc", donor="allogeneic"), times_h=t72),
+        dict(
+            species="rat",
+            product=cell_product("uc_msc", preparation="thawed", donor="hla_matched"),
+            host=Host(immune_status="athymic", immunosuppression=0.3),
+            times_h=t168,
+            t_end_h=168.0,
+        ),
+    ]
+    none = [  # one program: no response (syngeneic donor, or none in an NSG host)
+        dict(species="mouse", product=cell_product("bm_mnc", preparation="rescued", rescue_h=4.0), times_h=t72),
+        dict(
+            species="human",
+            product=cell_product("bm_msc", donor="xenogeneic"),
+            host=Host(immune_status="nsg"),
+            times_h=np.geomspace(0.01, 72.0, 50),
+        ),
+    ]
+    # The original model's solve, as its own program (filter_jit of `solve` itself would
+    # share simulate's program cache).
+    reference = eqx.filter_jit(lambda model, table, times, t_end: solve(model, table, times, t_end))
+    for group in (allogeneic, none):
+        before = None
+        for case in group:
+            r = mscpk.simulate(cells=1e6, **case)
+            before = programs() if before is None else before
+            ref = reference(r.model, r.regimen.table(), jnp.asarray(r.times_h), jnp.asarray(r.t_end_h))
+            assert r.states.shape == np.asarray(ref.ys).shape and r.n_steps == int(ref.n_steps)
+            scale = np.maximum(np.abs(np.asarray(ref.ys)).max(0), 1e-300)
+            assert np.max(np.abs(r.states - np.asarray(ref.ys)) / scale) < 1e-12
+            np.testing.assert_array_equal(r.times_h, case["times_h"])
+        assert programs() == before, group  # the group's later cases compiled nothing
+    # 3 and 4 doses share the 4-row bucket; with a padded dose row the fresh product's
+    # result is the unpadded solve's bit for bit.
+    before = programs()
+    for n in (3, 4):
+        reg = Regimen([Dose(24.0 * i, 5e5) for i in range(n)])
+        r = mscpk.simulate("mouse", "bm_msc", reg, t_end_h=96.0, times_h=np.linspace(0.0, 96.0, 33))
+        if n == 3:
+            ref = reference(r.model, reg.table(), jnp.asarray(r.times_h), jnp.asarray(96.0))
+            np.testing.assert_array_equal(r.states, np.asarray(ref.ys))
+    assert programs() == before + 1

@@ -112,6 +112,13 @@ class Transport(NamedTuple):
     alloimmune: Float[Array, ""] | None  # relative anti-donor strength, None if none
 
 
+
+#: ``rescue_h`` giving a cryo-injury index ``exp(-rescue_h / tau)`` of exactly 0 (a fresh
+#: product; exact for any recovery time tau < 1e290 h).
+FRESH_RESCUE_H = 1e300
+#: ``rescue_h`` giving an index of exactly 1 (a freshly thawed product; any tau > 1e-280 h).
+THAWED_RESCUE_H = 1e-300
+
 class Model(eqx.Module):
     """Species + product + kinetic parameters, and the ODE they define.
 
@@ -138,6 +145,67 @@ class Model(eqx.Module):
     def __check_init__(self):
         if not isinstance(self.n_size_classes, int) or self.n_size_classes < 1:
             raise ValueError(f"n_size_classes: must be an int >= 1, got {self.n_size_classes!r}")
+
+    # ----------------------------------------------------------------- programs
+    def numeric_equivalent(self) -> "Model":
+        """The same model with the categorical settings that only set numbers made numbers,
+        so that models differing only in them share one compiled solve.
+
+        Static fields make a new program for every value, compiled anew (seconds) each
+        time a setting changes in a session. Here:
+
+        - names (species, product) and the product's culture label become fixed labels;
+        - the preparation becomes ``"rescued"`` with ``rescue_h`` giving the same
+          cryo-injury index: :data:`FRESH_RESCUE_H` (index 0) for a fresh product,
+          :data:`THAWED_RESCUE_H` (index 1) for a freshly thawed one;
+        - donor match and host immune status become an allogeneic donor in a competent
+          host whose ``immunosuppression`` is ``1 - r``, ``r`` the
+          :meth:`alloimmune_response` (mismatch factor times host factor times
+          ``1 - immunosuppression``); a model without a response keeps a syngeneic donor.
+
+        What changes the equations' structure stays static: the mechanism switches, the
+        injured organ and gravity. Exact for fresh and thawed products and for models
+        without an alloimmune response; with one, ``1 - (1 - r)`` may differ from ``r`` in
+        the last bit. Needs concrete (untraced) parameters; used by :func:`mscpk.simulate`.
+        """
+        sp, p, h = self.species, self.product, self.host
+        species = Species(
+            "species",
+            sp.body_weight_g,
+            sp.cardiac_output_ml_per_h,
+            sp.blood_volume_ml,
+            sp.haematocrit,
+            sp.organ_volume_ml,
+            sp.arterial_supply_fraction,
+            sp.capillary_diameter_um,
+        )
+        rescue = {"fresh": FRESH_RESCUE_H, "thawed": THAWED_RESCUE_H}.get(p.preparation, p.rescue_h)
+        response = self.alloimmune_response(self.rates)
+        suppression = h.immunosuppression if response is None else 1.0 - response
+        if not bool(jnp.all((suppression >= 0.0) & (suppression <= 1.0))):
+            return self  # a response outside [0, 1] (parameters out of range): kept as given
+        product = CellProduct(
+            "product",
+            p.diameter_mean_um,
+            p.diameter_sd_um,
+            p.viability,
+            preparation="rescued",
+            rescue_h=rescue,
+            tf_positive_fraction=p.tf_positive_fraction,
+            donor="syngeneic" if response is None else "allogeneic",
+            culture="2d",
+            potency=p.potency,
+        )
+        host = Host(
+            immune_status="competent",
+            immunosuppression=suppression,
+            injury_organ=h.injury_organ,
+            injury_level=h.injury_level,
+            heparin_iu_per_kg=h.heparin_iu_per_kg,
+            gravity=h.gravity,
+            jugular_stasis=h.jugular_stasis,
+        )
+        return Model(species, product, self.parameters, self.n_size_classes, self.mechanisms, host)
 
     # ----------------------------------------------------------------- structure
     @property
@@ -625,8 +693,10 @@ class Model(eqx.Module):
         rate = cells / jnp.where(duration_h > 0, duration_h, 1.0)
         return jnp.where(duration_h > 0, rate / self.cardiac_output_ml_per_h(), bolus)
 
-    def alloimmune_strength(self, p: KineticParameters):
-        """Relative strength of the anti-donor response (static zero when none)."""
+    def alloimmune_response(self, p: KineticParameters):
+        """Relative strength of the anti-donor immune response, before the product's
+        cryo-injury raises the lysis of its cells: donor mismatch factor times host factor
+        times ``1 - immunosuppression`` (static ``None`` when there is none)."""
         if not self.mechanisms.alloimmunity:
             return None
         donor = self.product.donor
@@ -635,8 +705,15 @@ class Model(eqx.Module):
             return None
         mismatch = p.hla_matched_response_fraction if donor == "hla_matched" else 1.0
         host = p.athymic_response_fraction if status == "athymic" else 1.0
-        lysis = 1.0 + (p.cryo_death_multiplier - 1.0) * self.cryo_injury()
-        return mismatch * host * (1.0 - self.host.immunosuppression) * lysis
+        return mismatch * host * (1.0 - self.host.immunosuppression)
+
+    def alloimmune_strength(self, p: KineticParameters):
+        """Relative strength of the anti-donor response (static zero when none): the
+        :meth:`alloimmune_response` times the cryo-injury's lysis factor."""
+        response = self.alloimmune_response(p)
+        if response is None:
+            return None
+        return response * (1.0 + (p.cryo_death_multiplier - 1.0) * self.cryo_injury())
 
     def device_profile(
         self, duration_h, depth_mm, elapsed_h=0.0, device_cells_per_ml=0.0
