@@ -195,7 +195,9 @@ def test_settings_that_only_set_numbers_share_one_compiled_solve():
         ),
     ]
     none = [  # one program: no response (syngeneic donor, or none in an NSG host)
-        dict(species="mouse", product=cell_product("bm_mnc", preparation="rescued", rescue_h=4.0), times_h=t72),
+        dict(
+            species="mouse", product=cell_product("bm_mnc", preparation="rescued", rescue_h=4.0), times_h=t72
+        ),
         dict(
             species="human",
             product=cell_product("bm_msc", donor="xenogeneic"),

@@ -112,12 +112,12 @@ class Transport(NamedTuple):
     alloimmune: Float[Array, ""] | None  # relative anti-donor strength, None if none
 
 
-
 #: ``rescue_h`` giving a cryo-injury index ``exp(-rescue_h / tau)`` of exactly 0 (a fresh
 #: product; exact for any recovery time tau < 1e290 h).
 FRESH_RESCUE_H = 1e300
 #: ``rescue_h`` giving an index of exactly 1 (a freshly thawed product; any tau > 1e-280 h).
 THAWED_RESCUE_H = 1e-300
+
 
 class Model(eqx.Module):
     """Species + product + kinetic parameters, and the ODE they define.
