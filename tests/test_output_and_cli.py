@@ -171,7 +171,7 @@ def test_cli_mechanism_options_and_scenario_file(tmp_path, capsys):
 def test_settings_that_only_set_numbers_share_one_compiled_solve():
     """simulate solves Model.numeric_equivalent with padded times and dose rows: settings
     that only change numbers (species, product, preparation, donor match, host immunity,
-    the number of output times or doses within a bucket) reuse one compiled program, and
+    gravity, the number of output times or doses within a bucket) reuse one compiled program, and
     the result is the original model's solve (to rounding), on the caller's times only."""
     import equinox as eqx
     import jax.numpy as jnp
@@ -189,7 +189,7 @@ def test_settings_that_only_set_numbers_share_one_compiled_solve():
         dict(
             species="rat",
             product=cell_product("uc_msc", preparation="thawed", donor="hla_matched"),
-            host=Host(immune_status="athymic", immunosuppression=0.3),
+            host=Host(immune_status="athymic", immunosuppression=0.3, gravity="micro"),
             times_h=t168,
             t_end_h=168.0,
         ),

@@ -8,7 +8,8 @@
 - ``injury_organ``: organ with an injury that attracts cells (``None`` for none) (static).
 - ``injury_level``: injury severity (0 none; 1 a typical experimental injury), >= 0.
 - ``heparin_iu_per_kg``: systemic heparin at infusion (IU/kg), >= 0.
-- ``gravity``: ``"1g"`` or ``"micro"`` (spaceflight) (static).
+- ``gravity``: ``"1g"`` or ``"micro"`` (spaceflight); kept as the number
+  ``microgravity`` (0 or 1), with ``gravity`` read back as a property.
 - ``jugular_stasis``: stagnant or retrograde internal jugular venous flow, in [0, 1]
   (0 normal flow, 1 fully stagnant). Found in 6 of 11 ISS crew around flight day 50
   (Marshall-Goebel K et al. 2019 JAMA Netw Open 2:e1915011, doi:10.1001/jamanetworkopen.2019.15011,
@@ -37,7 +38,9 @@ class Host(eqx.Module):
     injury_organ: str | None = eqx.field(static=True)
     injury_level: Float[Array, ""]
     heparin_iu_per_kg: Float[Array, ""]
-    gravity: str = eqx.field(static=True)
+    #: 1.0 in microgravity, 0.0 at 1 g: a number, so that one compiled solve serves both
+    #: (gravity changes only numbers: plasma volume, cardiac output, coagulation, settling).
+    microgravity: Float[Array, ""]
     jugular_stasis: Float[Array, ""]
 
     def __init__(
@@ -57,7 +60,9 @@ class Host(eqx.Module):
         )
         self.injury_level = jnp.asarray(injury_level, dtype=float)
         self.heparin_iu_per_kg = jnp.asarray(heparin_iu_per_kg, dtype=float)
-        self.gravity = check_choice("Host.gravity", gravity, GRAVITY)
+        self.microgravity = jnp.asarray(
+            float(check_choice("Host.gravity", gravity, GRAVITY) == "micro"), dtype=float
+        )
         self.jugular_stasis = jnp.asarray(jugular_stasis, dtype=float)
 
     def __check_init__(self):
@@ -71,6 +76,14 @@ class Host(eqx.Module):
                 f"Host.injury_level: {float(level)!r} given without injury_organ; name the injured organ "
                 f"(one of {', '.join(ORGANS)})"
             )
+
+    @property
+    def gravity(self) -> str:
+        """``"1g"`` or ``"micro"`` (needs a concrete :attr:`microgravity`)."""
+        value = concrete(self.microgravity)
+        if value is None:
+            raise TypeError("Host.gravity: the host's microgravity flag is traced; read Host.microgravity")
+        return GRAVITY[int(float(value) > 0.5)]
 
     def injury_mask(self) -> Float[Array, " O"]:
         """Injury level of each organ (zero except the injured one)."""

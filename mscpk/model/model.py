@@ -163,8 +163,8 @@ class Model(eqx.Module):
           :meth:`alloimmune_response` (mismatch factor times host factor times
           ``1 - immunosuppression``); a model without a response keeps a syngeneic donor.
 
-        What changes the equations' structure stays static: the mechanism switches, the
-        injured organ and gravity. Exact for fresh and thawed products and for models
+        What changes the equations' structure stays static: the mechanism switches and the
+        injured organ (gravity is a number in :class:`~mscpk.Host`). Exact for fresh and thawed products and for models
         without an alloimmune response; with one, ``1 - (1 - r)`` may differ from ``r`` in
         the last bit. Needs concrete (untraced) parameters; used by :func:`mscpk.simulate`.
         """
@@ -202,7 +202,7 @@ class Model(eqx.Module):
             injury_organ=h.injury_organ,
             injury_level=h.injury_level,
             heparin_iu_per_kg=h.heparin_iu_per_kg,
-            gravity=h.gravity,
+            gravity=h.gravity,  # a number inside Host (one program for both)
             jugular_stasis=h.jugular_stasis,
         )
         return Model(species, product, self.parameters, self.n_size_classes, self.mechanisms, host)
@@ -259,16 +259,16 @@ class Model(eqx.Module):
     def plasma_volume_ml(self) -> Float[Array, ""]:
         """Plasma volume (mL); reduced in microgravity by the spaceflight plasma loss."""
         plasma = self.species.blood_volume_ml * (1.0 - self.species.haematocrit)
-        if self.host.gravity == "micro":
-            plasma = plasma * (1.0 - self.parameters.microgravity_plasma_volume_loss_fraction)
+        loss = self.parameters.microgravity_plasma_volume_loss_fraction
+        plasma = plasma * jnp.where(self.host.microgravity > 0.5, 1.0 - loss, 1.0)
         return plasma
 
     def cardiac_output_ml_per_h(self) -> Float[Array, ""]:
         """Cardiac output (mL/h); raised in microgravity (cephalad fluid shift). Organ
         flow fractions are kept: no organ-specific in-flight flow data were found."""
         output = self.species.cardiac_output_ml_per_h
-        if self.host.gravity == "micro":
-            output = output * self.parameters.microgravity_cardiac_output_multiplier
+        multiplier = self.parameters.microgravity_cardiac_output_multiplier
+        output = output * jnp.where(self.host.microgravity > 0.5, multiplier, 1.0)
         return output
 
     def blood_volume_ml(self) -> Float[Array, ""]:
@@ -668,8 +668,9 @@ class Model(eqx.Module):
         p = self.parameters
         activity = jnp.log1p(self.product.tf_positive_fraction / p.tf_reference_fraction)
         activity = activity * (1.0 + (p.cryo_death_multiplier - 1.0) * self.cryo_injury())
-        if self.host.gravity == "micro":
-            activity = activity * p.microgravity_coagulation_multiplier
+        activity = activity * jnp.where(
+            self.host.microgravity > 0.5, p.microgravity_coagulation_multiplier, 1.0
+        )
         activity = activity * (1.0 + (p.stasis_coagulation_multiplier - 1.0) * stasis)
         return activity / (1.0 + self.host.heparin_iu_per_kg / p.heparin_half_iu_per_kg)
 
@@ -740,7 +741,7 @@ class Model(eqx.Module):
         """
         p = self.parameters
         diameters, _ = self.size_classes()
-        g = 9.81 if self.host.gravity == "1g" else 0.0
+        g = jnp.where(self.host.microgravity > 0.5, 0.0, 9.81)
         has_device = (depth_mm > 0) & (duration_h > 0)
         delta_rho = (p.cell_density_g_per_ml - p.medium_density_g_per_ml) * 1000.0  # kg/m3
         mu = p.medium_viscosity_mpa_s * 1e-3  # Pa s
