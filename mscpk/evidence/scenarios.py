@@ -25,6 +25,7 @@ Host disease is recorded but not simulated (evidence hosts are simulated uninjur
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import equinox as eqx
@@ -40,7 +41,6 @@ from ..mechanisms.switches import Mechanisms
 from ..model.model import Model
 from ..model.parameters import KineticParameters
 from ..observation.parameters import ISOTOPES, ObservationParameters
-from ..physiology.species import Species
 from ..physiology.species import species as make_species
 from ..product.cell_product import CellProduct, cell_product
 
@@ -147,16 +147,7 @@ def scenario_model(sc: Scenario, n_size_classes: int, mechanisms: Mechanisms) ->
     """A model equivalent to ``sc``'s with every categorical setting made numeric (see
     the module docstring); its parameters are placeholders set at evaluation time."""
     sp = make_species(sc.species)
-    species = Species(
-        "evidence",
-        sp.body_weight_g,
-        sp.cardiac_output_ml_per_h,
-        sp.blood_volume_ml,
-        sp.haematocrit,
-        sp.organ_volume_ml,
-        sp.arterial_supply_fraction,
-        sp.capillary_diameter_um,
-    )
+    species = dataclasses.replace(sp, name="evidence")
     p = sc.product()
     product = CellProduct(
         "evidence",

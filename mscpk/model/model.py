@@ -24,6 +24,7 @@ exactly (:meth:`Model.totals`).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import equinox as eqx
@@ -169,16 +170,7 @@ class Model(eqx.Module):
         the last bit. Needs concrete (untraced) parameters; used by :func:`mscpk.simulate`.
         """
         sp, p, h = self.species, self.product, self.host
-        species = Species(
-            "species",
-            sp.body_weight_g,
-            sp.cardiac_output_ml_per_h,
-            sp.blood_volume_ml,
-            sp.haematocrit,
-            sp.organ_volume_ml,
-            sp.arterial_supply_fraction,
-            sp.capillary_diameter_um,
-        )
+        species = dataclasses.replace(sp, name="species")
         rescue = {"fresh": FRESH_RESCUE_H, "thawed": THAWED_RESCUE_H}.get(p.preparation, p.rescue_h)
         response = self.alloimmune_response(self.rates)
         suppression = h.immunosuppression if response is None else 1.0 - response
