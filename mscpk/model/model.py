@@ -165,9 +165,10 @@ class Model(eqx.Module):
           ``1 - immunosuppression``); a model without a response keeps a syngeneic donor.
 
         What changes the equations' structure stays static: the mechanism switches and the
-        injured organ (gravity is a number in :class:`~mscpk.Host`). Exact for fresh and thawed products and for models
-        without an alloimmune response; with one, ``1 - (1 - r)`` may differ from ``r`` in
-        the last bit. Needs concrete (untraced) parameters; used by :func:`mscpk.simulate`.
+        injured organ (gravity is a number in :class:`~mscpk.Host`). Exact for fresh and
+        thawed products and for models without an alloimmune response; with one,
+        ``1 - (1 - r)`` may differ from ``r`` in the last bit. Needs concrete (untraced)
+        parameters; used by :func:`mscpk.simulate`.
         """
         sp, p, h = self.species, self.product, self.host
         species = dataclasses.replace(sp, name="species")
