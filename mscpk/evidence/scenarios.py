@@ -38,7 +38,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ..dosing.regimen import Dose, DoseTable, Regimen
 from ..host.host import Host
 from ..mechanisms.switches import Mechanisms
-from ..model.model import Model
+from ..model.model import THAWED_RESCUE_H, Model
 from ..model.parameters import KineticParameters
 from ..observation.parameters import ISOTOPES, ObservationParameters
 from ..physiology.species import species as make_species
@@ -60,8 +60,9 @@ SCENARIO_COLUMNS = (
     "infusion_h",
     "isotope",
 )
+#: Fresh: index exp(-1e6 h / tau) = 0 for any plausible tau, with a derivative in tau of
+#: exactly 0 as well (Model's FRESH_RESCUE_H = 1e300 h would give 0 * inf in a gradient).
 _FRESH_RESCUE_H = 1e6
-_THAWED_RESCUE_H = 1e-300
 #: Mismatch code: 0 no response (autologous/syngeneic), 1 HLA-matched, 2 full mismatch.
 _MISMATCH = {"autologous": 0, "syngeneic": 0, "hla_matched": 1, "allogeneic": 2, "xenogeneic": 2}
 #: Host code: 0 no adaptive/NK response (NSG, NOD/SCID), 1 athymic (NK only), 2 competent.
@@ -155,7 +156,7 @@ def scenario_model(sc: Scenario, n_size_classes: int, mechanisms: Mechanisms) ->
         p.diameter_sd_um,
         p.viability,
         preparation="rescued",
-        rescue_h=_THAWED_RESCUE_H if sc.preparation == "thawed" else _FRESH_RESCUE_H,
+        rescue_h=THAWED_RESCUE_H if sc.preparation == "thawed" else _FRESH_RESCUE_H,
         tf_positive_fraction=p.tf_positive_fraction,
         donor="allogeneic",
         culture="2d",
