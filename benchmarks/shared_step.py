@@ -75,12 +75,13 @@ def main(argv=None):
         int(config["warmup"]),
         chains,
         "parallel",
+        args.iterations,
     )
     states = {
         "own": state,
         "shared": shared_state,
     }
-    # Compiles (one program per piece length) and runs one piece, not timed or kept. (A
+    # Compiles and runs one piece, not timed or kept. (A
     # huge step size, to make it cheap, sends the solves into parameter regions where
     # they take their maximum number of steps: slower, not faster.)
     start_time = time.perf_counter()

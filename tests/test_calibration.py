@@ -555,9 +555,9 @@ def test_resumable_nuts_continues_where_it_stopped(reduced_data, whole_run, tmp_
     gives the draws of an uninterrupted run; ``draws`` can be raised later, keeping the
     draws it had; the draws do not adapt; other settings are refused."""
     reduced = reduced_data
-    # Two piece lengths (10, 20) in all, so that two compilations serve the whole test.
     args = dict(chains=1, warmup=20, max_tree_depth=4, progress=False)
     key = jax.random.PRNGKey(5)
+    runners_before = len(reduced._piece_runners)  # the fixture's run has these settings
     stopped = tmp_path / "stopped"
     assert calfit.run_nuts_resumable(reduced, key, stopped, draws=20, chunk=10, hours=1e-9, **args) is None
     assert sorted(p.name for p in stopped.glob("*.pkl")) == ["config.pkl", "init.pkl", "piece_0000.pkl"]
@@ -600,6 +600,13 @@ def test_resumable_nuts_continues_where_it_stopped(reduced_data, whole_run, tmp_
         assert np.array_equal(np.asarray(a.step_size), np.asarray(warm.step_size))
         for k, v in a.inverse_mass_matrix.items():
             assert np.array_equal(np.asarray(v), np.asarray(warm.inverse_mass_matrix[k]))
+    # The fixture's run and this test's three calls, in pieces of 10 and 20 iterations,
+    # ran one compiled loop, traced once: the runner is kept on the problem per setting.
+    assert len(reduced._piece_runners) == runners_before
+    for run in reduced._piece_runners.values():
+        assert run.compiled._cache_size() == 1
+    with pytest.raises(ValueError, match="n: a piece runs 1 to 32 iterations, got 33"):
+        run(pieces[-1]["state"], 33)
     with pytest.raises(ValueError, match="holds a run with other settings \\(max_tree_depth\\)"):
         calfit.run_nuts_resumable(reduced, key, stopped, draws=30, **{**args, "max_tree_depth": 5})
     with pytest.raises(ValueError, match="chunk: expected an integer >= 1"):

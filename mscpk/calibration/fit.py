@@ -610,7 +610,16 @@ def run_nuts_resumable(
         state = _initial_state(kernel, problem, keys, warmup, z0, chains)
         _save(init_file, {"state": jax.device_get(state), "seconds": time.perf_counter() - t0})
     run_piece = _piece_runner(
-        problem, start, z_start, max_tree_depth, target_accept, adapted, warmup, chains, method
+        problem,
+        start,
+        z_start,
+        max_tree_depth,
+        target_accept,
+        adapted,
+        warmup,
+        chains,
+        method,
+        _piece_length_bound(chunk),
     )
     pieces = sorted(directory.glob("piece_*.pkl"))
     state = _load(pieces[-1] if pieces else init_file)["state"]
@@ -681,41 +690,91 @@ def _scattered(z: dict, cov: np.ndarray, scale: float, chains: int, key) -> dict
     return jax.vmap(unravel)(moved)
 
 
-def _piece_runner(problem, start, z_start, max_tree_depth, target_accept, adapted, warmup, chains, method):
-    """``run(state, n) -> (state, samples, extra)``: ``n`` NUTS iterations of every chain
-    from ``state`` (batched over chains when ``chains > 1``), the draws constrained and
-    grouped by chain, as NumPy. The state is an argument of the compiled loop (NumPyro's
-    ``MCMC.run`` closes over it, so each piece was a new program: ~20 s to compile on the
-    reduced problem, and no persistent-cache hit), so one compilation per piece length
-    serves every piece. The kernel's ``num_warmup`` is the run's: it adapts while the
-    state's counter is below it, so pieces continue the one schedule and draws do not
-    adapt."""
+def _piece_length_bound(chunk: int) -> int:
+    """The longest piece one compiled loop of :func:`_piece_runner` runs for a run cut
+    into pieces of at most ``chunk``: the next power of two, at least 32, so that runs
+    with different chunks (10, 20, 25) share the program."""
+    return max(32, 1 << (int(chunk) - 1).bit_length())
+
+
+def _digest(x) -> tuple:
+    """A hashable stand-in for kernel settings that hold arrays (step sizes, mass
+    matrices): their dtypes, shapes and bytes."""
+    if isinstance(x, dict):
+        return tuple((k, _digest(v)) for k, v in sorted(x.items(), key=lambda kv: repr(kv[0])))
+    if isinstance(x, bool | int | float | str | type(None)):
+        return (type(x).__name__, x)
+    a = np.ascontiguousarray(np.asarray(x))
+    return (str(a.dtype), a.shape, hashlib.sha256(a.tobytes()).hexdigest())
+
+
+def _piece_runner(
+    problem, start, z_start, max_tree_depth, target_accept, adapted, warmup, chains, method, longest
+):
+    """``run(state, n) -> (state, samples, extra)``: ``n`` (at most ``longest``) NUTS
+    iterations of every chain from ``state`` (batched over chains when ``chains > 1``),
+    the draws constrained and grouped by chain, as NumPy. The kernel's ``num_warmup`` is
+    the run's: it adapts while the state's counter is below it, so pieces continue the
+    one schedule and draws do not adapt.
+
+    One compiled loop serves every piece: the state and ``n`` are its arguments (NumPyro's
+    ``MCMC.run`` closes over its state, so each piece was a new program: ~20 s to compile
+    on the reduced problem, minutes on the whole one), and the draws go into buffers of
+    ``longest`` rows, so a warm-up's last, shorter piece needs no program of its own. The
+    runner is kept on ``problem`` per setting, so that a run continued in the same process
+    (a notebook, the tests) is not traced and lowered again."""
+    settings = (
+        _digest(start),
+        _digest(z_start),
+        max_tree_depth,
+        float(target_accept),
+        _digest(adapted),
+        warmup,
+        chains,
+        method,
+        longest,
+    )
+    kept = problem._piece_runners.get(settings)
+    if kept is not None:
+        return kept
     kernel = _kernel(problem, start, max_tree_depth, target_accept, **adapted)
     set_up_kernel(kernel, warmup, z_start)  # its one-chain sample function
     constrain = kernel.postprocess_fn((), {})
 
-    def one_chain(state, n):
-        def body(s, _):
-            s = kernel.sample(s, (), {})
-            return s, (s.z, s.diverging, s.num_steps, s.potential_energy, s.accept_prob)
+    def record(s):
+        return s.z, s.diverging, s.num_steps, s.potential_energy, s.accept_prob
 
-        state, (z, div, steps, pe, acc) = jax.lax.scan(body, state, None, length=n)
+    def one_chain(state, n):
+        def body(i, carry):
+            s, rows = carry
+            s = kernel.sample(s, (), {})
+            return s, jax.tree.map(lambda b, x: b.at[i].set(x), rows, record(s))
+
+        rows = jax.tree.map(lambda x: jnp.zeros((longest, *jnp.shape(x)), jnp.result_type(x)), record(state))
+        state, (z, div, steps, pe, acc) = jax.lax.fori_loop(0, n, body, (state, rows))
         extra = {"diverging": div, "num_steps": steps, "potential_energy": pe, "accept_prob": acc}
         return state, jax.vmap(constrain)(z), extra
 
     if chains == 1:
-        compiled = jax.jit(one_chain, static_argnums=1)
+        compiled = jax.jit(one_chain)
     elif method == "parallel":
-        compiled = jax.pmap(one_chain, static_broadcasted_argnums=1)
+        compiled = jax.pmap(one_chain, in_axes=(0, None))
     else:  # sequential
-        compiled = jax.jit(lambda s, n: jax.lax.map(lambda x: one_chain(x, n), s), static_argnums=1)
+        compiled = jax.jit(lambda s, n: jax.lax.map(lambda x: one_chain(x, n), s))
 
     def run(state, n):
-        state, samples, extra = jax.device_get(compiled(state, n))
+        if not 1 <= n <= longest:
+            raise ValueError(f"n: a piece runs 1 to {longest} iterations, got {n!r}")
+        state, samples, extra = jax.device_get(compiled(state, np.int32(n)))
+        # rows beyond n are the buffers' unused ones
         if chains == 1:  # group by chain, as for several
-            samples, extra = jax.tree.map(lambda x: np.asarray(x)[None], (samples, extra))
+            samples, extra = jax.tree.map(lambda x: np.asarray(x)[None, :n], (samples, extra))
+        else:
+            samples, extra = jax.tree.map(lambda x: np.asarray(x)[:, :n], (samples, extra))
         return state, samples, {k: np.asarray(v) for k, v in extra.items()}
 
+    run.compiled = compiled  # for tests: one program per setting
+    problem._piece_runners[settings] = run
     return run
 
 

@@ -86,6 +86,7 @@ class CalibrationProblem:
         self._f_terms = jax.jit(self.likelihood.function(terms=True))
         self._transforms = None
         self._value_and_grad = None
+        self._piece_runners = {}  # fit._piece_runner's compiled NUTS loops, per setting
 
     # ------------------------------------------------------------------ names
     @property
