@@ -719,7 +719,7 @@ def _piece_runner(
 
     One compiled loop serves every piece: the state and ``n`` are its arguments (NumPyro's
     ``MCMC.run`` closes over its state, so each piece was a new program: ~20 s to compile
-    on the reduced problem, minutes on the whole one), and the draws go into buffers of
+    on the reduced problem, ~35 s on the whole one), and the draws go into buffers of
     ``longest`` rows, so a warm-up's last, shorter piece needs no program of its own. The
     runner is kept on ``problem`` per setting, so that a run continued in the same process
     (a notebook, the tests) is not traced and lowered again."""
