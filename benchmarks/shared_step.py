@@ -81,9 +81,9 @@ def main(argv=None):
         "own": state,
         "shared": shared_state,
     }
-    # Compiles and runs one piece, not timed or kept. (A
-    # huge step size, to make it cheap, sends the solves into parameter regions where
-    # they take their maximum number of steps: slower, not faster.)
+    # Compiles and runs one piece, not timed or kept. (A huge step size, to make it
+    # cheap, sends the solves into parameter regions where they take their maximum
+    # number of steps: slower, not faster.)
     start_time = time.perf_counter()
     run_piece(state, args.iterations)
     compile_s = time.perf_counter() - start_time
