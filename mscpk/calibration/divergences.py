@@ -122,7 +122,10 @@ class RunReplay:
         z0 = {k: jnp.asarray(self._unconstrain_one(k, start[k])) for k in self.names}
         flat, self._unravel = ravel_pytree(z0)
         self._record: list = []
-        potential = info.potential_fn
+        # The problem's potential (NumPyro's potential of the same model) and its compiled
+        # value and gradient: one program with the fit's, found in the persistent
+        # compilation cache when the fit ran before with the same settings.
+        potential = problem.potential
 
         def recorded_potential(z):
             value = potential(z)
@@ -149,7 +152,7 @@ class RunReplay:
         set_up_kernel(kernel, self.warmup, z0)
         self._kernel = kernel
         self._sample = jax.jit(lambda s: kernel.sample(s, (), {}))
-        self._value_and_grad = jax.jit(jax.value_and_grad(potential))
+        self._value_and_grad = problem.value_and_grad
         self._potential = potential
         self._record.clear()
 
