@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._sizes import bucket
 from ._validation import check_positive
 from .calibration.defaults import default_kinetic, posterior_kinetic
 from .dosing.regimen import Regimen
@@ -165,8 +166,8 @@ def simulate(
     n_t = times.size
     inputs = (
         model.numeric_equivalent(),
-        regimen.table(_bucket(regimen.n_rows, 1)),
-        jnp.asarray(np.concatenate([times, np.full(_bucket(n_t, 16) - n_t, t_end_h)])),
+        regimen.table(bucket(regimen.n_rows, 1)),
+        jnp.asarray(np.concatenate([times, np.full(bucket(n_t, 16) - n_t, t_end_h)])),
         jnp.asarray(t_end_h),
     )
     sol = _solve_jit(*inputs, solver)
@@ -192,12 +193,6 @@ def simulate(
         n_steps=int(sol.n_steps),
         bands=bands,
     )
-
-
-def _bucket(n: int, smallest: int) -> int:
-    """The smallest power of two >= ``n`` and >= ``smallest``: inputs padded to it share
-    one compiled program over a range of sizes."""
-    return max(smallest, 1 << (int(n) - 1).bit_length())
 
 
 def _check_times(times_h, t_end_h: float) -> np.ndarray:

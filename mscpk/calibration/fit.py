@@ -24,6 +24,7 @@ import optax
 from numpyro.infer import MCMC, NUTS, init_to_sample, init_to_value
 from numpyro.infer.util import ParamInfo, initialize_model
 
+from .._sizes import bucket
 from ..evidence.likelihood import CENSORED_LAPSE
 from ._arviz import az
 from .problem import EFFECTS, CalibrationProblem
@@ -694,7 +695,7 @@ def _piece_length_bound(chunk: int) -> int:
     """The longest piece one compiled loop of :func:`_piece_runner` runs for a run cut
     into pieces of at most ``chunk``: the next power of two, at least 32, so that runs
     with different chunks (10, 20, 25) share the program."""
-    return max(32, 1 << (int(chunk) - 1).bit_length())
+    return bucket(chunk, 32)
 
 
 def _digest(x) -> tuple:
