@@ -41,7 +41,10 @@ def main(argv=None):
     )
     parser.add_argument("--dense-mass", action="store_true", help="adapt a dense mass matrix")
     parser.add_argument(
-        "--metric-from", default=None, help="with --state-dir: a pilot run's directory (see mscpk fit)"
+        "--metric-from",
+        action="append",
+        default=None,
+        help="with --state-dir: a pilot run's directory; repeat to pool several runs' draws (see mscpk fit)",
     )
     parser.add_argument("--metric-since", type=int, default=None, help="with --metric-from (see mscpk fit)")
     parser.add_argument("--metric-laplace", action="store_true", help="with --state-dir (see mscpk fit)")
@@ -104,8 +107,8 @@ def main(argv=None):
             cmd += ["--hours", str(args.hours)]
         if args.warm_start:
             cmd += ["--warm-start", args.warm_start]
-        if args.metric_from:
-            cmd += ["--metric-from", args.metric_from]
+        for directory in args.metric_from or ():
+            cmd += ["--metric-from", directory]
         if args.metric_since is not None:
             cmd += ["--metric-since", str(args.metric_since)]
         if args.metric_laplace:

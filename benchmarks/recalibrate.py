@@ -18,6 +18,9 @@ The stages are the runs the shipped posterior came from (``benchmarks/runs/recal
 3. ``final``: the same from the pooled stage's draws; ``--draws`` per chain (default 240),
    raised by ``--extend`` (default 30) until every global parameter has R-hat <= 1.01,
    bulk ESS >= 400 and fewer than 1% divergent draws (or ``--max-draws`` is reached).
+   ``--final-metric-from pilot+pooled`` estimates its mass matrix from the pilot's and the
+   pooled stage's draws together (480 instead of 240; not the shipped fit's setting, see
+   ``benchmarks/RESULTS.md``, session 37).
 
 Every stage uses the shipped fit's model and sampler settings: after warm-up all chains
 share the geometric mean of their adapted step sizes (``mscpk fit --share-step-size``;
@@ -67,6 +70,11 @@ POOLED_TARGET_ACCEPT = 0.9
 FINAL_TARGET_ACCEPT = 0.9
 #: What a root whose ``pipeline.json`` does not record it ran at (every root before 2026-12-06).
 EARLIER_FINAL_TARGET_ACCEPT = 0.9
+#: The stages whose draws (from iteration ``warmup`` on) give the final stage's mass matrix,
+#: by ``--final-metric-from``; the default is the shipped fit's (and every root's that does
+#: not record it).
+FINAL_METRIC_SOURCES = {"pooled": ("pooled",), "pilot+pooled": ("pilot", "pooled")}
+FINAL_METRIC_FROM = "pooled"
 #: Acceptance levels of issue 6.
 MAX_R_HAT, MIN_ESS_BULK, MAX_DIVERGENCE_FRACTION, MIN_PPC_WITHIN_90 = 1.01, 400.0, 0.01, 0.8
 
@@ -79,12 +87,18 @@ def last_piece(directory: Path) -> Path:
 
 
 def stage_args(
-    root, name: str, draws: int | None = None, options=(), final_target_accept=FINAL_TARGET_ACCEPT
+    root,
+    name: str,
+    draws: int | None = None,
+    options=(),
+    final_target_accept=FINAL_TARGET_ACCEPT,
+    final_metric_from=FINAL_METRIC_FROM,
 ) -> list[str]:
     """The ``benchmarks/calibration.py`` arguments of stage ``name`` under ``root``
     (``pooled`` and ``final`` need the stage before them finished: they start from its
-    last piece), with ``options`` (further arguments, the same for every stage) and the
-    final stage's target acceptance."""
+    last piece), with ``options`` (further arguments, the same for every stage), the
+    final stage's target acceptance and the stages its mass matrix is estimated from (a
+    key of :data:`FINAL_METRIC_SOURCES`)."""
     root = Path(root)
     d = root / name
     args = [f"--{k.replace('_', '-')}={v}" for k, v in COMMON.items()] + list(options)
@@ -99,14 +113,21 @@ def stage_args(
     before = {"pooled": "pilot", "final": "pooled"}.get(name)
     if before is None:
         raise ValueError(f"name: unknown stage {name!r}; allowed: pilot, pooled, final")
+    sources = (before,)
     if name == "pooled":
         draws = POOLED_DRAWS
     elif draws is None or isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
         raise ValueError(f"draws: the final stage needs an integer >= 1, got {draws!r}")
+    else:
+        if final_metric_from not in FINAL_METRIC_SOURCES:
+            raise ValueError(
+                f"final_metric_from: expected one of {sorted(FINAL_METRIC_SOURCES)}, got {final_metric_from!r}"
+            )
+        sources = FINAL_METRIC_SOURCES[final_metric_from]
     return args + [
         f"--draws={draws}",
         f"--target-accept={POOLED_TARGET_ACCEPT if name == 'pooled' else final_target_accept!r}",
-        f"--metric-from={root / before}",
+        *[f"--metric-from={root / s}" for s in sources],
         f"--metric-since={COMMON['warmup']}",
         f"--warm-start={last_piece(root / before)}",
     ]
@@ -144,6 +165,7 @@ def record_pipeline(export_dir, record: dict) -> None:
         "total_wall_s": sum(stage["wall_s"] for stage in record["stages"].values()),
         "options": record["options"],
         "final_target_accept": record["final_target_accept"],
+        "final_metric_from": record.get("final_metric_from", FINAL_METRIC_FROM),
         "final_draws": record["final_draws"],
     }
     path.write_text(json.dumps(meta, indent=2) + "\n")
@@ -183,6 +205,13 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         default=FINAL_TARGET_ACCEPT,
         help=f"final stage: NUTS target acceptance (default {FINAL_TARGET_ACCEPT!r}, as in the shipped fit)",
     )
+    parser.add_argument(
+        "--final-metric-from",
+        choices=sorted(FINAL_METRIC_SOURCES),
+        default=FINAL_METRIC_FROM,
+        help="final stage: the stages whose draws give its dense mass matrix (default "
+        f"{FINAL_METRIC_FROM!r}, as in the shipped fit; 'pilot+pooled': both stages' draws)",
+    )
     args = parser.parse_args(argv)
     for name in ("draws", "extend", "max_draws"):
         if getattr(args, name) < 1:
@@ -221,6 +250,14 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
             f"--root: {root} holds a calibration run whose final stage targets acceptance {target!r}, not "
             f"{args.final_target_accept!r}; use --final-target-accept {target!r} or a new --root"
         )
+    metric_from = record.setdefault(
+        "final_metric_from", args.final_metric_from if not record["stages"] else FINAL_METRIC_FROM
+    )
+    if metric_from != args.final_metric_from:
+        raise ValueError(
+            f"--root: {root} holds a calibration run whose final stage's mass matrix comes from "
+            f"{metric_from!r}, not {args.final_metric_from!r}; use --final-metric-from {metric_from} or a new --root"
+        )
     started = clock()
 
     def left() -> list[str]:
@@ -238,7 +275,7 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         out = d / "posterior.nc"
         out.unlink(missing_ok=True)  # written again only when the stage finishes
         t0 = clock()
-        runner(stage_args(root, name, draws, options, target) + left())
+        runner(stage_args(root, name, draws, options, target, metric_from) + left())
         done = record["stages"].setdefault(name, {"wall_s": 0.0})
         done["wall_s"] += clock() - t0
         record_path.write_text(json.dumps(record, indent=2) + "\n")
@@ -278,7 +315,7 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         if record["ppc_within_90"] < MIN_PPC_WITHIN_90:
             print(f"not exported: {record['ppc_within_90']:.0%} of rows within their 90% interval (< 80%)")
             return 1
-        runner(stage_args(root, "final", draws, options, target) + [f"--export={args.export}"])
+        runner(stage_args(root, "final", draws, options, target, metric_from) + [f"--export={args.export}"])
         record_pipeline(args.export, record)
         print(f"exported to {args.export}")
     return 0

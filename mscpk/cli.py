@@ -324,11 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--metric-from",
+        action="append",
         default=None,
         help="with --state-dir: keep a dense mass matrix estimated from the draws of a pilot run saved "
         "in this directory (second half of its warm-up and its draws); the warm-up then adapts the step "
-        "size only (use --warmup < 20: one adaptation window). Saved as <state-dir>/metric.npy and "
-        "reused when the run is continued",
+        "size only (use --warmup < 20: one adaptation window). Given more than once, the draws of every "
+        "run named are pooled. Saved as <state-dir>/metric.npy and reused when the run is continued",
     )
     fit.add_argument(
         "--metric-since",
@@ -451,8 +452,9 @@ def cmd_fit(args) -> int:
         raise ValueError("--warm-start: only with --state-dir")
     if args.metric_from is not None and not args.state_dir:
         raise ValueError("--metric-from: only with --state-dir")
-    if args.metric_from is not None and not os.path.isdir(args.metric_from):
-        raise ValueError(f"--metric-from: no directory {args.metric_from}")
+    for directory in args.metric_from or ():
+        if not os.path.isdir(directory):
+            raise ValueError(f"--metric-from: no directory {directory}")
     if args.metric_since is not None and (args.metric_from is None or args.metric_since < 0):
         raise ValueError(f"--metric-since: an iteration >= 0 with --metric-from, got {args.metric_since}")
     if args.metric_laplace and not args.state_dir:
@@ -536,8 +538,9 @@ def cmd_fit(args) -> int:
     # Where the run came from, for the shipped meta file (a continued run's own seconds
     # leave out the pilot whose metric and positions it started from).
     for name in ("state_dir", "warm_start", "metric_from", "metric_since"):
-        if getattr(args, name) is not None:
-            idata.posterior.attrs[name] = str(getattr(args, name))
+        value = getattr(args, name)
+        if value is not None:  # several --metric-from: joined as a search path is (os.pathsep)
+            idata.posterior.attrs[name] = os.pathsep.join(value) if name == "metric_from" else str(value)
     idata.posterior.attrs["detection_limit_log_sd"] = args.detection_limit_log_sd  # the likelihood it is of
     idata.to_netcdf(args.out)
     print(fit_report(idata, problem))
@@ -566,8 +569,8 @@ def cmd_fit(args) -> int:
 
 
 def _pilot_metric(problem, args, map_values):
-    """The dense inverse mass matrix of ``--metric-from`` (estimated from the pilot run)
-    or ``--metric-laplace`` (the Laplace approximation at ``map_values``) on the first
+    """The dense inverse mass matrix of ``--metric-from`` (estimated from the draws of the
+    pilot run, or of every run named, pooled) or ``--metric-laplace`` (the Laplace approximation at ``map_values``) on the first
     call, saved in the state directory; read from there on continuing (the pilot may have
     gone on since, and the run keeps one matrix)."""
     import time
@@ -587,9 +590,14 @@ def _pilot_metric(problem, args, map_values):
         sd = np.sqrt(np.diag(metric))
         source = f"Laplace approximation at the MAP, unconstrained sd {sd.min():.3g} to {sd.max():.3g}"
     else:
-        draws = calfit.pilot_draws(args.metric_from, since=args.metric_since)
+        runs = [calfit.pilot_draws(d, since=args.metric_since) for d in args.metric_from]
+        # Pooled as one sequence (dense_metric pools every draw), whatever each run's chains.
+        draws = {
+            k: np.concatenate([np.reshape(r[k], (1, -1, *np.shape(r[k])[2:])) for r in runs], axis=1)
+            for k in runs[0]
+        }
         metric = calfit.dense_metric(problem, draws)
-        source = f"{np.prod(next(iter(draws.values())).shape[:2])} pilot draws in {args.metric_from}"
+        source = f"{next(iter(draws.values())).shape[1]} pilot draws in {', '.join(args.metric_from)}"
     Path(args.state_dir).mkdir(parents=True, exist_ok=True)
     np.save(saved, metric)
     print(f"dense mass matrix from {source} ({time.perf_counter() - t0:.0f} s); saved {saved}")

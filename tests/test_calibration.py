@@ -364,6 +364,8 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     argv = ["fit", "--out", str(out), "--state-dir", str(tmp_path / "s"), "--study", "toma2009"]
     assert main([*argv, "--metric-from", str(tmp_path / "nowhere")]) == 2
     assert "--metric-from: no directory" in capsys.readouterr().err
+    assert main([*argv, "--metric-from", str(tmp_path), "--metric-from", str(tmp_path / "gone")]) == 2
+    assert f"--metric-from: no directory {tmp_path / 'gone'}" in capsys.readouterr().err
     assert main([*argv, "--metric-from", str(tmp_path), "--metric-laplace"]) == 2
     assert "--metric-laplace: not with --metric-from" in capsys.readouterr().err
     assert main([*argv, "--init-scatter", "1"]) == 2
@@ -784,6 +786,30 @@ def test_dense_metric_from_a_pilot_run_is_kept(reduced_data, whole_run, tmp_path
         assert np.asarray(first[k]) != np.asarray(z[k])
     config = pickle.loads((tmp_path / "dense" / "config.pkl").read_bytes())
     assert config["init_scatter"] == 0.5
+
+    # mscpk fit --metric-from given twice: the draws of both runs (one chain each here,
+    # 40 and 20 iterations from iteration 0 on) pooled into one matrix, saved in the
+    # state directory; one directory gives the single run's matrix bit for bit.
+    from argparse import Namespace
+
+    from mscpk.cli import _pilot_metric
+
+    def cli_metric(dirs, state):
+        ns = Namespace(
+            metric_from=[str(d) for d in dirs], metric_since=0, metric_laplace=False, state_dir=state
+        )
+        return _pilot_metric(reduced, ns, None)
+
+    runs = [calfit.pilot_draws(d, since=0) for d in (pilot, tmp_path / "dense")]
+    both = {k: np.concatenate([r[k] for r in runs], axis=1) for k in names}
+    assert both["sigma_flow"].shape == (1, 60)
+    pooled = cli_metric([pilot, tmp_path / "dense"], tmp_path / "pooled_state")
+    np.testing.assert_array_equal(pooled, calfit.dense_metric(reduced, both))
+    np.testing.assert_array_equal(np.load(tmp_path / "pooled_state" / "metric.npy"), pooled)
+    assert not np.allclose(pooled, calfit.dense_metric(reduced, runs[0]), rtol=1e-3)
+    np.testing.assert_array_equal(
+        cli_metric([pilot], tmp_path / "one_state"), calfit.dense_metric(reduced, runs[0])
+    )
     with pytest.raises(ValueError, match="other settings \\(init_scatter\\)"):
         calfit.run_nuts_resumable(
             reduced, key, tmp_path / "dense", warmup=10, draws=10, **{**kept, "init_scatter": 1.0}

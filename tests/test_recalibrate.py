@@ -283,3 +283,44 @@ def test_final_target_acceptance_goes_to_the_final_stage_and_stays_with_the_root
         recalibrate.main(["--root", str(root), "--final-target-accept", "0.7"], runner=runs, clock=clock)
     with pytest.raises(ValueError, match="--final-target-accept: expected a number in \\(0, 1\\), got 1.0"):
         recalibrate.main(["--root", str(tmp_path / "x"), "--final-target-accept", "1"], runner=runs)
+
+
+def test_final_metric_from_both_stages_goes_to_the_final_stage_and_stays_with_the_root(tmp_path):
+    """``--final-metric-from pilot+pooled``: the final stage (its export included) gets
+    both stages' directories as ``--metric-from`` (``mscpk fit`` pools their draws), still
+    starts from the pooled stage's last piece, and the choice is recorded in
+    ``pipeline.json`` and the export's metadata. A root recorded with the other choice, or
+    started before the choice was recorded, is refused."""
+    clock = Clock()
+    runs = FakeRuns(clock)
+    root = tmp_path / "cal"
+    argv = ["--root", str(root), "--final-metric-from", "pilot+pooled", "--export", str(tmp_path / "shipped")]
+    seen = []
+    assert recalibrate.main(argv, runner=lambda a: (seen.append(a), runs(a)), clock=clock) == 0
+    metric_args = [[a for a in call if a.startswith("--metric-from=")] for call in seen]
+    assert metric_args[1] == [f"--metric-from={root / 'pilot'}"]  # the pooled stage's: as before
+    both = [f"--metric-from={root / 'pilot'}", f"--metric-from={root / 'pooled'}"]
+    assert metric_args[2:] == [both, both]  # the final stage and its export
+    assert runs.calls[2]["warm-start"] == str(root / "pooled" / "piece_0005.pkl")
+    assert json.loads((root / "pipeline.json").read_text())["final_metric_from"] == "pilot+pooled"
+    meta = json.loads((tmp_path / "shipped" / "posterior_meta.json").read_text())
+    assert meta["pipeline"]["final_metric_from"] == "pilot+pooled"
+    with pytest.raises(ValueError, match="mass matrix comes from 'pilot\\+pooled', not 'pooled'"):
+        recalibrate.main(["--root", str(root)], runner=runs, clock=clock)
+    # the default is the shipped fit's: the pooled stage's draws only
+    default = recalibrate.stage_args(root, "final", draws=240)
+    assert [a for a in default if a.startswith("--metric-from=")] == [f"--metric-from={root / 'pooled'}"]
+    # a root from before: its stages ran, its record has no choice
+    record = json.loads((root / "pipeline.json").read_text())
+    del record["final_metric_from"]
+    (root / "pipeline.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="comes from 'pooled', not 'pilot\\+pooled'"):
+        recalibrate.main(
+            ["--root", str(root), "--final-metric-from", "pilot+pooled"], runner=runs, clock=clock
+        )
+    with pytest.raises(
+        ValueError, match="final_metric_from: expected one of \\['pilot\\+pooled', 'pooled'\\]"
+    ):
+        recalibrate.stage_args(root, "final", draws=240, final_metric_from="all")
+    with pytest.raises(SystemExit):
+        recalibrate.main(["--root", str(tmp_path / "x"), "--final-metric-from", "all"], runner=runs)
