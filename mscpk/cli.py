@@ -570,9 +570,10 @@ def cmd_fit(args) -> int:
 
 def _pilot_metric(problem, args, map_values):
     """The dense inverse mass matrix of ``--metric-from`` (estimated from the draws of the
-    pilot run, or of every run named, pooled) or ``--metric-laplace`` (the Laplace approximation at ``map_values``) on the first
-    call, saved in the state directory; read from there on continuing (the pilot may have
-    gone on since, and the run keeps one matrix)."""
+    pilot run, or of every run named, pooled) or ``--metric-laplace`` (the Laplace
+    approximation at ``map_values``) on the first call, saved in the state directory;
+    read from there on continuing (the pilot may have gone on since, and the run keeps
+    one matrix)."""
     import time
     from pathlib import Path
 
