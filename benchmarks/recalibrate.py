@@ -36,6 +36,12 @@ posterior is written there (the package's shipped defaults) only if it meets tho
 diagnostics and >= 80% of the evidence rows lie inside their 90% predictive interval.
 ``DIR/pipeline.json`` records each stage's wall time and the final diagnostics.
 
+``--stages-from OLD`` (a new ``--root`` only) starts the root with copies of ``OLD``'s
+finished ``pilot`` and ``pooled`` stages and their recorded wall times (``OLD`` must have
+run with the same options; neither stage depends on the final stage's settings), so that a
+final-stage setting can be tried, or a fit re-exported, without 1.1 h of repeated
+sampling; ``pipeline.json`` and the export's metadata name ``OLD`` under ``stages_from``.
+
 Measured for the shipped fit on a 2-core CPU: 10,434 s (2.9 h) in all, 240 final draws per
 chain (``recalibrate_v2``; the fit shipped before took 7.1 h; RESULTS.md); the issue aimed
 for 30 minutes.
@@ -168,7 +174,36 @@ def record_pipeline(export_dir, record: dict) -> None:
         "final_metric_from": record.get("final_metric_from", FINAL_METRIC_FROM),
         "final_draws": record["final_draws"],
     }
+    if "stages_from" in record:  # the pilot and pooled stages were copied from there
+        meta["pipeline"]["stages_from"] = record["stages_from"]
     path.write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _copy_stages(source: Path, root: Path, options: list[str]) -> None:
+    """Starts ``root`` (which must not exist yet) with copies of ``source``'s finished
+    ``pilot`` and ``pooled`` stages and their recorded wall times (``stages_from`` in its
+    ``pipeline.json`` names where they came from)."""
+    if root.exists():
+        raise ValueError(f"--stages-from: --root {root} exists; it needs a new --root")
+    path = source / "pipeline.json"
+    if not path.exists():
+        raise ValueError(f"--stages-from: {source} holds no pipeline.json (not a calibration root)")
+    earlier = json.loads(path.read_text())
+    if earlier.get("options") != options:
+        raise ValueError(
+            f"--stages-from: {source} ran with the options {earlier.get('options')}, not {options}"
+        )
+    stages = {}
+    for name in ("pilot", "pooled"):
+        done = earlier.get("stages", {}).get(name, {})
+        if not done.get("finished"):
+            raise ValueError(f"--stages-from: {source} has not finished its {name!r} stage")
+        stages[name] = {"wall_s": float(done["wall_s"]), "finished": True}
+    root.mkdir(parents=True)
+    for name in stages:
+        shutil.copytree(source / name, root / name)
+    record = {"stages": stages, "options": options, "stages_from": str(source)}
+    (root / "pipeline.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
@@ -212,6 +247,12 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         help="final stage: the stages whose draws give its dense mass matrix (default "
         f"{FINAL_METRIC_FROM!r}, as in the shipped fit; 'pilot+pooled': both stages' draws)",
     )
+    parser.add_argument(
+        "--stages-from",
+        default=None,
+        help="a new --root only: copy the finished pilot and pooled stages of this earlier root (run with "
+        "the same options; neither depends on the final stage's settings) and run only the final stage",
+    )
     args = parser.parse_args(argv)
     for name in ("draws", "extend", "max_draws"):
         if getattr(args, name) < 1:
@@ -233,17 +274,20 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
     options = [] if args.own_step_sizes else ["--share-step-size"]
     options.append(f"--detection-limit-log-sd={float(args.detection_limit_log_sd)!r}")
     root = Path(args.root)
-    root.mkdir(parents=True, exist_ok=True)
     record_path = root / "pipeline.json"
+    if args.stages_from is not None:
+        _copy_stages(Path(args.stages_from), root, options)
+    root.mkdir(parents=True, exist_ok=True)
     record = json.loads(record_path.read_text()) if record_path.exists() else {"stages": {}}
     if record.setdefault("options", options) != options:
         raise ValueError(
             f"--root: {root} holds a calibration run with the options {record['options']}, not {options}; "
             "use the same options or a new --root"
         )
+    fresh = not record["stages"] or "final" not in record["stages"] and "stages_from" in record
     target = record.setdefault(
         "final_target_accept",
-        args.final_target_accept if not record["stages"] else EARLIER_FINAL_TARGET_ACCEPT,
+        args.final_target_accept if fresh else EARLIER_FINAL_TARGET_ACCEPT,
     )
     if target != args.final_target_accept:
         raise ValueError(
@@ -251,7 +295,7 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
             f"{args.final_target_accept!r}; use --final-target-accept {target!r} or a new --root"
         )
     metric_from = record.setdefault(
-        "final_metric_from", args.final_metric_from if not record["stages"] else FINAL_METRIC_FROM
+        "final_metric_from", args.final_metric_from if fresh else FINAL_METRIC_FROM
     )
     if metric_from != args.final_metric_from:
         raise ValueError(

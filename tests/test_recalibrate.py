@@ -324,3 +324,57 @@ def test_final_metric_from_both_stages_goes_to_the_final_stage_and_stays_with_th
         recalibrate.stage_args(root, "final", draws=240, final_metric_from="all")
     with pytest.raises(SystemExit):
         recalibrate.main(["--root", str(tmp_path / "x"), "--final-metric-from", "all"], runner=runs)
+
+
+def test_stages_from_an_earlier_root_runs_only_the_final_stage(tmp_path):
+    """``--stages-from OLD --root NEW``: NEW starts with copies of OLD's finished pilot and
+    pooled stages and their recorded wall times; only the final stage runs (with NEW's own
+    final-stage settings), from the copied pooled stage's last piece; the export's metadata
+    names OLD. Refused: an existing NEW, an OLD with other options or unfinished stages."""
+    clock = Clock()
+    runs = FakeRuns(clock)
+    old = tmp_path / "old"
+    assert recalibrate.main(["--root", str(old)], runner=runs, clock=clock) == 0
+    n = len(runs.calls)
+    new = tmp_path / "new"
+    argv = ["--root", str(new), "--stages-from", str(old), "--final-metric-from", "pilot+pooled"]
+    seen = []
+    argv_export = argv + ["--export", str(tmp_path / "shipped")]
+    assert recalibrate.main(argv_export, runner=lambda a: (seen.append(a), runs(a)), clock=clock) == 0
+    assert [Path(c["state-dir"]).name for c in runs.calls[n:]] == ["final", "final"]  # run, export
+    assert runs.calls[n]["warm-start"] == str(new / "pooled" / "piece_0005.pkl")
+    assert [a for a in seen[0] if a.startswith("--metric-from=")] == [
+        f"--metric-from={new / 'pilot'}",
+        f"--metric-from={new / 'pooled'}",
+    ]
+    was, now = (json.loads((d / "pipeline.json").read_text()) for d in (old, new))
+    for name in ("pilot", "pooled"):
+        assert now["stages"][name] == was["stages"][name]
+        assert sorted(p.name for p in (new / name).iterdir()) == sorted(
+            p.name for p in (old / name).iterdir()
+        )
+    assert now["stages_from"] == str(old) and now["final_metric_from"] == "pilot+pooled"
+    assert now["final_target_accept"] == recalibrate.FINAL_TARGET_ACCEPT
+    meta = json.loads((tmp_path / "shipped" / "posterior_meta.json").read_text())
+    assert meta["pipeline"]["stages_from"] == str(old)
+    assert meta["pipeline"]["total_wall_s"] == pytest.approx(sum(s["wall_s"] for s in now["stages"].values()))
+    # continuing NEW later is an ordinary resume
+    assert (
+        recalibrate.main(
+            ["--root", str(new), "--final-metric-from", "pilot+pooled"], runner=runs, clock=clock
+        )
+        == 0
+    )
+    with pytest.raises(ValueError, match="--root .* exists; it needs a new --root"):
+        recalibrate.main(argv, runner=runs, clock=clock)
+    with pytest.raises(ValueError, match="ran with the options .*, not"):
+        recalibrate.main(
+            ["--root", str(tmp_path / "n2"), "--stages-from", str(old), "--own-step-sizes"], runner=runs
+        )
+    with pytest.raises(ValueError, match="holds no pipeline.json"):
+        recalibrate.main(["--root", str(tmp_path / "n3"), "--stages-from", str(tmp_path)], runner=runs)
+    unfinished = tmp_path / "unfinished"
+    assert recalibrate.main(["--root", str(unfinished), "--hours", "0.01"], runner=runs, clock=clock) == 0
+    with pytest.raises(ValueError, match="has not finished its 'pooled' stage"):
+        recalibrate.main(["--root", str(tmp_path / "n4"), "--stages-from", str(unfinished)], runner=runs)
+    assert not any((tmp_path / n).exists() for n in ("n2", "n3", "n4"))
