@@ -61,7 +61,8 @@ bench-nuts: $(STAMP)
 # Re-create the shipped calibration end to end (~3 h on 2 cores; resumable: the same command
 # continues it). EXPORT=mscpk/calibration/data replaces the shipped posterior once converged.
 # CAL_ARGS: further options of benchmarks/recalibrate.py (e.g. "--own-step-sizes
-# --detection-limit-log-sd 0": the sampler and model of the fit shipped before 2026-12).
+# --detection-limit-log-sd 0": the sampler and model of the fit shipped before 2026-12;
+# "--stages-from OLD_ROOT" with a new CAL_ROOT: copy OLD_ROOT's pilot and pooled stages, run only the final).
 CAL_ROOT ?= calibration-run
 calibrate: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) benchmarks/recalibrate.py --root $(CAL_ROOT) $(if $(HOURS),--hours $(HOURS)) $(if $(EXPORT),--export $(EXPORT)) $(CAL_ARGS)

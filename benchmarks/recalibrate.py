@@ -19,8 +19,9 @@ The stages are the runs the shipped posterior came from (``benchmarks/runs/recal
    raised by ``--extend`` (default 30) until every global parameter has R-hat <= 1.01,
    bulk ESS >= 400 and fewer than 1% divergent draws (or ``--max-draws`` is reached).
    ``--final-metric-from pilot+pooled`` estimates its mass matrix from the pilot's and the
-   pooled stage's draws together (480 instead of 240; not the shipped fit's setting, see
-   ``benchmarks/RESULTS.md``, session 37).
+   pooled stage's draws together (480 instead of 240; not the shipped fit's setting: fewer
+   leapfrog steps per draw, but in ``recalibrate_v3`` the tail of one site had not mixed
+   by 360 draws per chain; ``benchmarks/RESULTS.md``, sessions 37-38).
 
 Every stage uses the shipped fit's model and sampler settings: after warm-up all chains
 share the geometric mean of their adapted step sizes (``mscpk fit --share-step-size``;
