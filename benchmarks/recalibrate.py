@@ -180,10 +180,10 @@ def record_pipeline(export_dir, record: dict) -> None:
     path.write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def _copy_stages(source: Path, root: Path, options: list[str]) -> None:
+def _copy_stages(source: Path, root: Path, options: list[str], final: dict) -> None:
     """Starts ``root`` (which must not exist yet) with copies of ``source``'s finished
     ``pilot`` and ``pooled`` stages and their recorded wall times (``stages_from`` in its
-    ``pipeline.json`` names where they came from)."""
+    ``pipeline.json`` names where they came from) and the final stage's settings ``final``."""
     if root.exists():
         raise ValueError(f"--stages-from: --root {root} exists; it needs a new --root")
     path = source / "pipeline.json"
@@ -203,7 +203,7 @@ def _copy_stages(source: Path, root: Path, options: list[str]) -> None:
     root.mkdir(parents=True)
     for name in stages:
         shutil.copytree(source / name, root / name)
-    record = {"stages": stages, "options": options, "stages_from": str(source)}
+    record = {"stages": stages, "options": options, "stages_from": str(source), **final}
     (root / "pipeline.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -277,7 +277,11 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
     root = Path(args.root)
     record_path = root / "pipeline.json"
     if args.stages_from is not None:
-        _copy_stages(Path(args.stages_from), root, options)
+        final = {
+            "final_target_accept": args.final_target_accept,
+            "final_metric_from": args.final_metric_from,
+        }
+        _copy_stages(Path(args.stages_from), root, options, final)
     root.mkdir(parents=True, exist_ok=True)
     record = json.loads(record_path.read_text()) if record_path.exists() else {"stages": {}}
     if record.setdefault("options", options) != options:
@@ -285,10 +289,9 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
             f"--root: {root} holds a calibration run with the options {record['options']}, not {options}; "
             "use the same options or a new --root"
         )
-    fresh = not record["stages"] or "final" not in record["stages"] and "stages_from" in record
     target = record.setdefault(
         "final_target_accept",
-        args.final_target_accept if fresh else EARLIER_FINAL_TARGET_ACCEPT,
+        args.final_target_accept if not record["stages"] else EARLIER_FINAL_TARGET_ACCEPT,
     )
     if target != args.final_target_accept:
         raise ValueError(
@@ -296,7 +299,7 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
             f"{args.final_target_accept!r}; use --final-target-accept {target!r} or a new --root"
         )
     metric_from = record.setdefault(
-        "final_metric_from", args.final_metric_from if fresh else FINAL_METRIC_FROM
+        "final_metric_from", args.final_metric_from if not record["stages"] else FINAL_METRIC_FROM
     )
     if metric_from != args.final_metric_from:
         raise ValueError(
