@@ -138,17 +138,23 @@ def main(argv=None):
         sol = forward(p, start, True)
         return sol.ys, (p, sol)
 
-    def outputs_bwd(res, g):
-        p, sol = res
-        flat, unravel = ravel_pytree(p)
+    def backward_pass(p, sol, g):
+        """lambda and mu from the last output back to t = 0, interval by interval, each
+        output's cotangent ``g[k]`` added at its time. Returns the augmented state at 0
+        and each interval's accepted steps and success."""
         bounds = jnp.concatenate([jnp.zeros(1), times])
 
         def interval(s, k):
             s, steps, ok = backward_solve(p, s.at[:n].add(g[k]), bounds[k + 1], bounds[k], sol.evaluate, True)
             return s, (steps, ok)
 
-        s, _ = jax.lax.scan(interval, jnp.zeros(n + flat.size), jnp.arange(times.size - 1, -1, -1))
-        return unravel(s[n:]), s[:n]
+        start = jnp.zeros(n + ravel_pytree(p)[0].size)
+        return jax.lax.scan(interval, start, jnp.arange(times.size - 1, -1, -1))
+
+    def outputs_bwd(res, g):
+        p, sol = res
+        s, _ = backward_pass(p, sol, g)
+        return ravel_pytree(p)[1](s[n:]), s[:n]
 
     outputs.defvjp(outputs_fwd, outputs_bwd)
 
@@ -174,19 +180,7 @@ def main(argv=None):
     flat, _ = ravel_pytree(p)
     g_out = jax.grad(loss_of)(sol.ys)
 
-    @jax.jit
-    def backward_steps(p, sol, g_out):
-        bounds = jnp.concatenate([jnp.zeros(1), times])
-
-        def interval(s, k):
-            s, steps, ok = backward_solve(
-                p, s.at[:n].add(g_out[k]), bounds[k + 1], bounds[k], sol.evaluate, True
-            )
-            return s, (steps, ok)
-
-        return jax.lax.scan(interval, jnp.zeros(n + flat.size), jnp.arange(times.size - 1, -1, -1))[1]
-
-    steps, ok = backward_steps(p, sol, g_out)
+    steps, ok = jax.jit(backward_pass)(p, sol, g_out)[1]
     g_ref, g_int = (
         ravel_pytree(eqx.filter(eqx.filter_jit(eqx.filter_grad(f))(model), eqx.is_inexact_array))[0]
         for f in (discrete_loss, interpolating_loss)
