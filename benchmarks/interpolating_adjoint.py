@@ -104,7 +104,8 @@ def main(argv=None):
 
     def backward_solve(p, state, t_from, t_to, state_at, with_params):
         """lambda (and mu) from ``t_from`` back to ``t_to``; ``state_at(t)``: the forward
-        state there. Returns the final augmented state and the accepted steps."""
+        state there. Returns the final augmented state, the accepted steps and whether the
+        solve succeeded."""
 
         def aug(t, s, _):
             lam = s[:n]
@@ -209,6 +210,7 @@ def main(argv=None):
         "setting": "mouse, bm_msc, 1e6 cells IV, 30 d, 30 outputs, rtol 1e-6, atol 1e-11 x dose",
         "accepted_steps_forward": n_steps,
         "accepted_steps_backward": int(steps.sum()),
+        "forward_solved": bool(sol.result == diffrax.RESULTS.successful),
         "backward_intervals_solved": bool(ok.all()),
         "dense_buffer_rows": cap,
         "lambda_atol": args.lambda_atol,
