@@ -26,7 +26,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist worksteal --durations=12
 
-# Also the long tests (MSCPK_LONG_TESTS=1: about 15 min more on 2 cores).
+# Also the three long tests (MSCPK_LONG_TESTS=1: 79-86 s each, ~3 min more on 2 cores, cold cache, 2026-12-06).
 test-all: $(STAMP)
 	MSCPK_LONG_TESTS=1 $(PY) -m pytest -q -n auto --dist worksteal -m "slow or not slow"
 

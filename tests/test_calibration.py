@@ -233,7 +233,9 @@ def test_recovery_small(reduced):
     )
 
 
-@pytest.mark.skipif(not os.environ.get("MSCPK_LONG_TESTS"), reason="about 4 min: set MSCPK_LONG_TESTS=1")
+@pytest.mark.skipif(
+    not os.environ.get("MSCPK_LONG_TESTS"), reason="about 80 s (2026-12-06): set MSCPK_LONG_TESTS=1"
+)
 def test_recovery_40_cases(reduced):
     """Simulation-based calibration: ranks of the truths are uniform (KS test)."""
     from scipy import stats
@@ -382,7 +384,9 @@ def test_cli_fit_one_study_and_posterior_summary(tmp_path, capsys):
     assert main(["posterior", "summary", "--file", str(tmp_path / "missing.nc")]) == 2
 
 
-@pytest.mark.skipif(not os.environ.get("MSCPK_LONG_TESTS"), reason="about 2 min: set MSCPK_LONG_TESTS=1")
+@pytest.mark.skipif(
+    not os.environ.get("MSCPK_LONG_TESTS"), reason="about 85 s (2026-12-06): set MSCPK_LONG_TESTS=1"
+)
 def test_cli_replays_a_divergent_transition(tmp_path, capsys):
     """``mscpk posterior divergences`` on a saved run with divergent transitions: each
     replayed one reports its leapfrog steps, whether the replay reproduced it, where and

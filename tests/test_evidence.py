@@ -291,7 +291,8 @@ def test_likelihood_and_gradient_finite_match_finite_differences_and_prior_draws
 
 
 @pytest.mark.skipif(
-    not os.environ.get("MSCPK_LONG_TESTS"), reason="about 6 min on 2 cores: set MSCPK_LONG_TESTS=1"
+    not os.environ.get("MSCPK_LONG_TESTS"),
+    reason="about 90 s on 2 cores (2026-12-06): set MSCPK_LONG_TESTS=1",
 )
 def test_likelihood_finite_at_100_prior_draws(value_and_grad):
     bad = []
