@@ -62,7 +62,8 @@ bench-nuts: $(STAMP)
 # continues it). EXPORT=mscpk/calibration/data replaces the shipped posterior once converged.
 # CAL_ARGS: further options of benchmarks/recalibrate.py (e.g. "--own-step-sizes
 # --detection-limit-log-sd 0": the sampler and model of the fit shipped before 2026-12;
-# "--stages-from OLD_ROOT" with a new CAL_ROOT: copy OLD_ROOT's pilot and pooled stages, run only the final).
+# "--stages-from OLD_ROOT" with a new CAL_ROOT: copy OLD_ROOT's pilot and pooled stages, run only the final;
+# with "--final-seed N" that final stage is a replicate keyed by mscpk fit --seed N).
 CAL_ROOT ?= calibration-run
 calibrate: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) benchmarks/recalibrate.py --root $(CAL_ROOT) $(if $(HOURS),--hours $(HOURS)) $(if $(EXPORT),--export $(EXPORT)) $(CAL_ARGS)

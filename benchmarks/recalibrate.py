@@ -21,7 +21,9 @@ The stages are the runs the shipped posterior came from (``benchmarks/runs/recal
    ``--final-metric-from pilot+pooled`` estimates its mass matrix from the pilot's and the
    pooled stage's draws together (480 instead of 240; not the shipped fit's setting: fewer
    leapfrog steps per draw, but in ``recalibrate_v3`` the tail of one site had not mixed
-   by 360 draws per chain; ``benchmarks/RESULTS.md``, sessions 37-38).
+   by 360 draws per chain; ``benchmarks/RESULTS.md``, sessions 37-38). ``--final-seed N``
+   keys the final stage's chains from ``mscpk fit --seed N`` (default 0, the shipped
+   fit's): a replicate of a final-stage setting from the same pilot and pooled stages.
 
 Every stage uses the shipped fit's model and sampler settings: after warm-up all chains
 share the geometric mean of their adapted step sizes (``mscpk fit --share-step-size``;
@@ -82,6 +84,9 @@ EARLIER_FINAL_TARGET_ACCEPT = 0.9
 #: not record it).
 FINAL_METRIC_SOURCES = {"pooled": ("pooled",), "pilot+pooled": ("pilot", "pooled")}
 FINAL_METRIC_FROM = "pooled"
+#: The final stage's ``mscpk fit --seed`` (the default of ``--final-seed``): the shipped
+#: fit's, ``mscpk fit``'s default; every root that does not record it ran with it.
+FINAL_SEED = 0
 #: Acceptance levels of issue 6.
 MAX_R_HAT, MIN_ESS_BULK, MAX_DIVERGENCE_FRACTION, MIN_PPC_WITHIN_90 = 1.01, 400.0, 0.01, 0.8
 
@@ -100,12 +105,14 @@ def stage_args(
     options=(),
     final_target_accept=FINAL_TARGET_ACCEPT,
     final_metric_from=FINAL_METRIC_FROM,
+    final_seed=FINAL_SEED,
 ) -> list[str]:
     """The ``benchmarks/calibration.py`` arguments of stage ``name`` under ``root``
     (``pooled`` and ``final`` need the stage before them finished: they start from its
     last piece), with ``options`` (further arguments, the same for every stage), the
-    final stage's target acceptance and the stages its mass matrix is estimated from (a
-    key of :data:`FINAL_METRIC_SOURCES`)."""
+    final stage's target acceptance, the stages its mass matrix is estimated from (a
+    key of :data:`FINAL_METRIC_SOURCES`) and its seed (passed on only when it is not
+    :data:`FINAL_SEED`, so that the shipped fit's stages keep their arguments)."""
     root = Path(root)
     d = root / name
     args = [f"--{k.replace('_', '-')}={v}" for k, v in COMMON.items()] + list(options)
@@ -131,6 +138,10 @@ def stage_args(
                 f"final_metric_from: expected one of {sorted(FINAL_METRIC_SOURCES)}, got {final_metric_from!r}"
             )
         sources = FINAL_METRIC_SOURCES[final_metric_from]
+        if isinstance(final_seed, bool) or not isinstance(final_seed, int) or final_seed < 0:
+            raise ValueError(f"final_seed: expected an integer >= 0, got {final_seed!r}")
+        if final_seed != FINAL_SEED:
+            args.append(f"--seed={final_seed}")
     return args + [
         f"--draws={draws}",
         f"--target-accept={POOLED_TARGET_ACCEPT if name == 'pooled' else final_target_accept!r}",
@@ -173,6 +184,7 @@ def record_pipeline(export_dir, record: dict) -> None:
         "options": record["options"],
         "final_target_accept": record["final_target_accept"],
         "final_metric_from": record.get("final_metric_from", FINAL_METRIC_FROM),
+        "final_seed": record.get("final_seed", FINAL_SEED),
         "final_draws": record["final_draws"],
     }
     if "stages_from" in record:  # the pilot and pooled stages were copied from there
@@ -249,6 +261,13 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         f"{FINAL_METRIC_FROM!r}, as in the shipped fit; 'pilot+pooled': both stages' draws)",
     )
     parser.add_argument(
+        "--final-seed",
+        type=int,
+        default=FINAL_SEED,
+        help=f"final stage: key of its chains, as mscpk fit --seed (default {FINAL_SEED}, as in the shipped "
+        "fit); another seed from the same pilot and pooled stages (--stages-from) is a replicate",
+    )
+    parser.add_argument(
         "--stages-from",
         default=None,
         help="a new --root only: copy the finished pilot and pooled stages of this earlier root (run with "
@@ -270,6 +289,8 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         raise ValueError(
             f"--final-target-accept: expected a number in (0, 1), got {args.final_target_accept!r}"
         )
+    if args.final_seed < 0:
+        raise ValueError(f"--final-seed: expected an integer >= 0, got {args.final_seed}")
     if args.own_step_sizes and args.share_step_size:
         raise ValueError("--own-step-sizes: not with --share-step-size")
     options = [] if args.own_step_sizes else ["--share-step-size"]
@@ -280,6 +301,7 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         final = {
             "final_target_accept": args.final_target_accept,
             "final_metric_from": args.final_metric_from,
+            "final_seed": args.final_seed,
         }
         _copy_stages(Path(args.stages_from), root, options, final)
     root.mkdir(parents=True, exist_ok=True)
@@ -306,6 +328,12 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
             f"--root: {root} holds a calibration run whose final stage's mass matrix comes from "
             f"{metric_from!r}, not {args.final_metric_from!r}; use --final-metric-from {metric_from} or a new --root"
         )
+    seed = record.setdefault("final_seed", args.final_seed if not record["stages"] else FINAL_SEED)
+    if seed != args.final_seed:
+        raise ValueError(
+            f"--root: {root} holds a calibration run whose final stage was keyed by seed {seed}, not "
+            f"{args.final_seed}; use --final-seed {seed} or a new --root"
+        )
     started = clock()
 
     def left() -> list[str]:
@@ -323,7 +351,7 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         out = d / "posterior.nc"
         out.unlink(missing_ok=True)  # written again only when the stage finishes
         t0 = clock()
-        runner(stage_args(root, name, draws, options, target, metric_from) + left())
+        runner(stage_args(root, name, draws, options, target, metric_from, seed) + left())
         done = record["stages"].setdefault(name, {"wall_s": 0.0})
         done["wall_s"] += clock() - t0
         record_path.write_text(json.dumps(record, indent=2) + "\n")
@@ -363,7 +391,7 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         if record["ppc_within_90"] < MIN_PPC_WITHIN_90:
             print(f"not exported: {record['ppc_within_90']:.0%} of rows within their 90% interval (< 80%)")
             return 1
-        runner(stage_args(root, "final", draws, options, target, metric_from) + [f"--export={args.export}"])
+        runner(stage_args(root, "final", draws, options, target, metric_from, seed) + [f"--export={args.export}"])
         record_pipeline(args.export, record)
         print(f"exported to {args.export}")
     return 0

@@ -326,6 +326,48 @@ def test_final_metric_from_both_stages_goes_to_the_final_stage_and_stays_with_th
         recalibrate.main(["--root", str(tmp_path / "x"), "--final-metric-from", "all"], runner=runs)
 
 
+def test_final_seed_keys_only_the_final_stage_and_stays_with_the_root(tmp_path):
+    """``--final-seed N`` with ``--stages-from``: a replicate of the final stage from the
+    same pilot and pooled stages. The final stage (its export included) gets ``--seed=N``,
+    the pilot and pooled stages keep the default key; ``pipeline.json`` and the export's
+    metadata record it. The default passes no ``--seed`` (the shipped fit's arguments), a
+    root recorded with another seed, or started before the seed was recorded with one
+    other than 0, is refused, and so is a negative seed."""
+    clock = Clock()
+    runs = FakeRuns(clock)
+    old = tmp_path / "old"
+    assert recalibrate.main(["--root", str(old)], runner=runs, clock=clock) == 0
+    assert not any("seed" in c for c in runs.calls)  # the default: no --seed anywhere
+    assert json.loads((old / "pipeline.json").read_text())["final_seed"] == recalibrate.FINAL_SEED == 0
+    n = len(runs.calls)
+    new = tmp_path / "new"
+    argv = ["--root", str(new), "--stages-from", str(old), "--final-seed", "3"]
+    assert recalibrate.main(argv + ["--export", str(tmp_path / "shipped")], runner=runs, clock=clock) == 0
+    assert [(Path(c["state-dir"]).name, c.get("seed")) for c in runs.calls[n:]] == [("final", "3")] * 2
+    assert json.loads((new / "pipeline.json").read_text())["final_seed"] == 3
+    meta = json.loads((tmp_path / "shipped" / "posterior_meta.json").read_text())
+    assert meta["pipeline"]["final_seed"] == 3 and meta["pipeline"]["stages_from"] == str(old)
+    assert recalibrate.main(["--root", str(new), "--final-seed", "3"], runner=runs, clock=clock) == 0
+    with pytest.raises(ValueError, match="keyed by seed 3, not 0; use --final-seed 3 or a new --root"):
+        recalibrate.main(["--root", str(new)], runner=runs, clock=clock)
+    # the pilot and pooled stages' arguments do not depend on it
+    for name in ("pilot", "pooled"):
+        assert recalibrate.stage_args(new, name, final_seed=5) == recalibrate.stage_args(new, name)
+    assert "--seed=5" in recalibrate.stage_args(new, "final", draws=240, final_seed=5)
+    # a root from before: its stages ran, its record has no seed (so 0)
+    record = json.loads((old / "pipeline.json").read_text())
+    del record["final_seed"]
+    (old / "pipeline.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="keyed by seed 0, not 2"):
+        recalibrate.main(["--root", str(old), "--final-seed", "2"], runner=runs, clock=clock)
+    with pytest.raises(ValueError, match="--final-seed: expected an integer >= 0, got -1"):
+        recalibrate.main(["--root", str(tmp_path / "x"), "--final-seed", "-1"], runner=runs)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="final_seed: expected an integer >= 0"):
+            recalibrate.stage_args(new, "final", draws=240, final_seed=bad)
+    assert not (tmp_path / "x").exists()
+
+
 def test_stages_from_an_earlier_root_runs_only_the_final_stage(tmp_path):
     """``--stages-from OLD --root NEW``: NEW starts with copies of OLD's finished pilot and
     pooled stages and their recorded wall times; only the final stage runs (with NEW's own
