@@ -391,7 +391,9 @@ def main(argv=None, runner=run_stage, clock=time.monotonic) -> int:
         if record["ppc_within_90"] < MIN_PPC_WITHIN_90:
             print(f"not exported: {record['ppc_within_90']:.0%} of rows within their 90% interval (< 80%)")
             return 1
-        runner(stage_args(root, "final", draws, options, target, metric_from, seed) + [f"--export={args.export}"])
+        runner(
+            stage_args(root, "final", draws, options, target, metric_from, seed) + [f"--export={args.export}"]
+        )
         record_pipeline(args.export, record)
         print(f"exported to {args.export}")
     return 0
