@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=500)
@@ -54,28 +54,17 @@ def main(argv=None):
     parser.add_argument(
         "--detection-limit-log-sd", type=float, default=None, help="(see mscpk fit; default: its default)"
     )
+    parser.add_argument("--seed", type=int, default=None, help="(see mscpk fit; default: its default, 0)")
     parser.add_argument(
         "--results",
         default=None,
         help="where to write the timing and diagnostics (default: benchmarks/results/calibration-<device>.json)",
     )
-    args = parser.parse_args(argv)
-    # Equinox's runtime checks as NaN, not host callbacks: lets the persistent compilation
-    # cache keep the sampler's programs between the pieces of a resumable run (see README).
-    os.environ.setdefault("EQX_ON_ERROR", "nan")
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.chains}".strip()
+    return parser
 
-    import jax
 
-    jax.config.update("jax_enable_x64", True)
-    import arviz as az
-
-    from mscpk.calibration.fit import diagnostics
-    from mscpk.calibration.posterior import global_sites
-    from mscpk.cli import main as cli
-
+def fit_command(args: argparse.Namespace) -> list[str]:
+    """The ``mscpk fit`` arguments of this script's parsed ``args``."""
     cmd = [
         "fit",
         "--out",
@@ -123,6 +112,30 @@ def main(argv=None):
         cmd += ["--detection-limit-log-sd", repr(args.detection_limit_log_sd)]
     if args.dense_mass:
         cmd += ["--dense-mass"]
+    if args.seed is not None:
+        cmd += ["--seed", str(args.seed)]
+    return cmd
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    # Equinox's runtime checks as NaN, not host callbacks: lets the persistent compilation
+    # cache keep the sampler's programs between the pieces of a resumable run (see README).
+    os.environ.setdefault("EQX_ON_ERROR", "nan")
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.chains}".strip()
+
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import arviz as az
+
+    from mscpk.calibration.fit import diagnostics
+    from mscpk.calibration.posterior import global_sites
+    from mscpk.cli import main as cli
+
+    cmd = fit_command(args)
     t0 = time.perf_counter()
     rc = cli(cmd)
     wall = time.perf_counter() - t0

@@ -353,7 +353,17 @@ def test_final_seed_keys_only_the_final_stage_and_stays_with_the_root(tmp_path):
     # the pilot and pooled stages' arguments do not depend on it
     for name in ("pilot", "pooled"):
         assert recalibrate.stage_args(new, name, final_seed=5) == recalibrate.stage_args(new, name)
-    assert "--seed=5" in recalibrate.stage_args(new, "final", draws=240, final_seed=5)
+    # ... and each stage's arguments go through benchmarks/calibration.py to mscpk fit's parser,
+    # the final stage's with its seed (the key of its chains), the others' with fit's default
+    import calibration
+
+    from mscpk.cli import build_parser as fit_parser
+
+    for name, draws in (("pilot", None), ("pooled", None), ("final", 240)):
+        argv = recalibrate.stage_args(new, name, draws, final_metric_from="pilot+pooled", final_seed=5)
+        cmd = calibration.fit_command(calibration.build_parser().parse_args(argv))
+        fit = fit_parser().parse_args(cmd)
+        assert (fit.command, fit.seed) == ("fit", 5 if name == "final" else 0), name
     # a root from before: its stages ran, its record has no seed (so 0)
     record = json.loads((old / "pipeline.json").read_text())
     del record["final_seed"]
