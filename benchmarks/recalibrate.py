@@ -21,7 +21,8 @@ The stages are the runs the shipped posterior came from (``benchmarks/runs/recal
    ``--final-metric-from pilot+pooled`` estimates its mass matrix from the pilot's and the
    pooled stage's draws together (480 instead of 240; not the shipped fit's setting: fewer
    leapfrog steps per draw, but in ``recalibrate_v3`` the tail of one site had not mixed
-   by 360 draws per chain; ``benchmarks/RESULTS.md``, sessions 37-38). ``--final-seed N``
+   by 360 draws per chain, nor in ``recalibrate_v4`` (another key) by 240; one of three
+   runs converged at 240; ``benchmarks/RESULTS.md``, sessions 37-40). ``--final-seed N``
    keys the final stage's chains from ``mscpk fit --seed N`` (default 0, the shipped
    fit's): a replicate of a final-stage setting from the same pilot and pooled stages.
 
