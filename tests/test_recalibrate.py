@@ -128,6 +128,13 @@ class FakeRuns:
         ).to_csv(d / "posterior.nc.ppc" / "coverage.csv", index=False)
 
 
+def _recorded_before(root, setting: str) -> None:
+    """``root``'s ``pipeline.json`` as a root started before ``setting`` was recorded."""
+    record = json.loads((root / "pipeline.json").read_text())
+    del record[setting]
+    (root / "pipeline.json").write_text(json.dumps(record))
+
+
 class Clock:
     t = 0.0
 
@@ -276,9 +283,7 @@ def test_final_target_acceptance_goes_to_the_final_stage_and_stays_with_the_root
     default = recalibrate.stage_args(root, "final", draws=240)
     assert f"--target-accept={recalibrate.FINAL_TARGET_ACCEPT!r}" in default
     # a root from before: its stages ran, its record has no target
-    record = json.loads((root / "pipeline.json").read_text())
-    del record["final_target_accept"]
-    (root / "pipeline.json").write_text(json.dumps(record))
+    _recorded_before(root, "final_target_accept")
     with pytest.raises(ValueError, match="final stage targets acceptance 0.9, not 0.7"):
         recalibrate.main(["--root", str(root), "--final-target-accept", "0.7"], runner=runs, clock=clock)
     with pytest.raises(ValueError, match="--final-target-accept: expected a number in \\(0, 1\\), got 1.0"):
@@ -311,9 +316,7 @@ def test_final_metric_from_both_stages_goes_to_the_final_stage_and_stays_with_th
     default = recalibrate.stage_args(root, "final", draws=240)
     assert [a for a in default if a.startswith("--metric-from=")] == [f"--metric-from={root / 'pooled'}"]
     # a root from before: its stages ran, its record has no choice
-    record = json.loads((root / "pipeline.json").read_text())
-    del record["final_metric_from"]
-    (root / "pipeline.json").write_text(json.dumps(record))
+    _recorded_before(root, "final_metric_from")
     with pytest.raises(ValueError, match="comes from 'pooled', not 'pilot\\+pooled'"):
         recalibrate.main(
             ["--root", str(root), "--final-metric-from", "pilot+pooled"], runner=runs, clock=clock
@@ -365,9 +368,7 @@ def test_final_seed_keys_only_the_final_stage_and_stays_with_the_root(tmp_path):
         fit = fit_parser().parse_args(cmd)
         assert (fit.command, fit.seed) == ("fit", 5 if name == "final" else 0), name
     # a root from before: its stages ran, its record has no seed (so 0)
-    record = json.loads((old / "pipeline.json").read_text())
-    del record["final_seed"]
-    (old / "pipeline.json").write_text(json.dumps(record))
+    _recorded_before(old, "final_seed")
     with pytest.raises(ValueError, match="keyed by seed 0, not 2"):
         recalibrate.main(["--root", str(old), "--final-seed", "2"], runner=runs, clock=clock)
     with pytest.raises(ValueError, match="--final-seed: expected an integer >= 0, got -1"):
